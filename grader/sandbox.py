@@ -1,0 +1,501 @@
+"""Sandboxes for running untrusted student kernels.
+
+A student's notebook runs in its own Jupyter kernel, and that kernel runs
+inside a sandbox whose command line this module builds.  Three kinds exist,
+chosen once per grader run by :func:`resolve`:
+
+``bwrap``
+    bubblewrap: no network (own network namespace), own PID namespace (every
+    process of the notebook dies with the kernel), read-only view of the
+    system, private ``/tmp`` and ``/dev/shm``, the grader's home and every
+    folder the caller names hidden behind empty tmpfs, only the submission's
+    work dir writable and the data dir read-only.
+``unshare``
+    ``unshare``: no network and own PID namespace, but the whole file system
+    stays visible (no hidden folders), so the answer key is readable.  A
+    fallback for machines without bubblewrap.
+``none``
+    no isolation at all, only resource limits.  ``auto`` falls back to it
+    with a loud warning.
+
+On top of each, :class:`Limits` become rlimits (via ``prlimit``).
+
+What was found on Linux 6.x, as root (the CI case), and why the command looks
+the way it does:
+
+* ``RLIMIT_NPROC`` is ignored for uid 0 (the kernel exempts ``INIT_USER`` and
+  holders of ``CAP_SYS_RESOURCE``/``CAP_SYS_ADMIN``), and ``bwrap
+  --unshare-user --uid N`` run by root still maps N to uid 0 outside, so the
+  cap would not bite.  The kernel therefore drops to a real unprivileged uid
+  (:data:`SANDBOX_UID`) with ``setpriv`` and then enters a user namespace of
+  its own with ``unshare --user``.  Since Linux 5.14 ``RLIMIT_NPROC`` is
+  counted per (user namespace, uid): with the limit set *inside* the new
+  namespace, each sandbox has its own count, so parallel kernels of the same
+  uid do not eat each other's budget.  A bounded fork loop then stops with
+  ``BlockingIOError`` at the cap.  (Threads count as processes.)
+* A non-root uid cannot read the grader's home (``/root`` is 0700), where
+  the Python may live (pyenv).  bwrap puts an empty tmpfs over the home and
+  binds back only the Python installation, which also hides the grader's own
+  credentials.
+* Privileged bwrap keeps *all* capabilities of root inside the sandbox;
+  ``setpriv`` clears them (and the bounding set, and sets no_new_privs).
+* Not root: bwrap makes a user namespace by itself and no uid switch is needed.
+* ``unshare`` mode as root switches uid the same way only if the probe finds
+  the very same Python working under that uid (a Python under ``/root``
+  cannot be reached without bwrap's tmpfs trick); otherwise it keeps uid 0
+  with all capabilities dropped (so no ``setns`` back to the host network)
+  and the process cap is off.
+* ``none`` mode never sets ``RLIMIT_NPROC``: without a user namespace of its
+  own it would count every process of the grader's user (or none, as root).
+* ipykernel quits when its parent looks gone (``JPY_PARENT_PID``); in a PID
+  namespace its parent is pid 1, so the variable is removed there.
+* ``RLIMIT_AS`` counts reserved address space (8 MiB per thread stack, glibc's
+  64 MiB arenas, CUDA's huge reservations) and kills healthy torch code;
+  ``RLIMIT_DATA`` (Linux >= 4.7) counts private writable memory, which is what
+  tensors and ``bytearray`` take, so it is the memory limit used here.  It
+  does not see shared memory (``/dev/shm``, capped in size separately).
+
+Example::
+
+    iso = resolve("auto")                 # tries bwrap, then unshare, then none
+    print(iso.description)
+    argv = iso.command(["python", "-c", "print(1)"], workdir="/tmp/w",
+                       runtime_dir="/tmp/rt", limits=Limits(), hidden=["/course/key"])
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterable, Literal, Sequence
+
+log = logging.getLogger(__name__)
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+#: Uid the kernel runs as when the grader runs as root.  Not 65534: inside a
+#: user namespace every unmapped owner (root included) shows as 65534, and
+#: code comparing ``st_uid`` with ``getuid()`` would be fooled.
+SANDBOX_UID = 65532
+
+Mode = Literal["bwrap", "unshare", "none"]
+SandboxChoice = Literal["auto", "bwrap", "unshare", "none"]
+SANDBOX_CHOICES: tuple[str, ...] = ("auto", "bwrap", "unshare", "none")
+
+
+class SandboxUnavailable(RuntimeError):
+    """The sandbox asked for explicitly does not work on this machine."""
+
+
+def _size(n: int) -> str:
+    for unit, k in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n >= k:
+            return f"{n / k:g} {unit}"
+    return f"{n} B"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one notebook run.
+
+    ``None`` leaves a limit off.  Times are seconds, sizes bytes.
+
+    ``memory`` becomes ``RLIMIT_DATA`` (private writable memory: heap and
+    anonymous mappings), not ``RLIMIT_AS`` (see the module doc).
+    ``max_processes`` becomes ``RLIMIT_NPROC`` and counts threads too: an
+    idle ipykernel has about 10, torch adds its thread pools.
+    ``output_cap`` bounds the outputs stored in the executed notebook, and
+    ``cell_output_cap`` those of any one cell, so a chatty training loop
+    cannot crowd out the later cells.
+
+    Example::
+
+        Limits(cell_timeout=120, memory=2 * GiB).describe()
+    """
+
+    cell_timeout: float | None = 600.0
+    notebook_timeout: float | None = 3600.0
+    memory: int | None = 4 * GiB
+    max_processes: int | None = 256
+    max_file_size: int | None = 1 * GiB
+    output_cap: int = 10 * MiB
+    cell_output_cap: int = 2 * MiB
+
+    def rlimits(self) -> dict[str, int]:
+        """The ``prlimit`` options (long names) these limits need."""
+        out = {"core": 0}  # no core dumps of crashed kernels in the work dir
+        if self.memory is not None:
+            out["data"] = int(self.memory)
+        if self.max_processes is not None:
+            out["nproc"] = int(self.max_processes)
+        if self.max_file_size is not None:
+            out["fsize"] = int(self.max_file_size)
+        return out
+
+    def describe(self) -> str:
+        parts = []
+        if self.cell_timeout:
+            parts.append(f"{self.cell_timeout:g} s per cell")
+        if self.notebook_timeout:
+            parts.append(f"{self.notebook_timeout:g} s per notebook")
+        if self.memory is not None:
+            parts.append(f"memory {_size(self.memory)}")
+        if self.max_processes is not None:
+            parts.append(f"{self.max_processes} processes/threads")
+        if self.max_file_size is not None:
+            parts.append(f"files up to {_size(self.max_file_size)}")
+        parts.append(f"output up to {_size(self.output_cap)}")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """The sandbox in force, as found by :func:`resolve`.
+
+    ``mode`` is what runs; ``requested`` what was asked for.  ``degraded`` is
+    true when ``auto`` could not get bubblewrap: the caller should show it.
+    ``uid`` is the uid the kernel switches to (``None``: it keeps the
+    grader's).  ``nproc_enforced`` says whether ``max_processes`` bites.
+
+    Example::
+
+        iso = resolve("none")
+        iso.command(["python", "-V"], workdir=".", runtime_dir="/tmp", limits=Limits())
+        # ['/usr/bin/prlimit', '--core=0:0', '--data=4294967296:4294967296', ..., '--', 'python', '-V']
+    """
+
+    mode: Mode
+    requested: str = "auto"
+    degraded: bool = False
+    uid: int | None = None
+    nproc_enforced: bool = False
+    userns: bool = False
+    rlimits: bool = True
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def hides_paths(self) -> bool:
+        return self.mode == "bwrap"
+
+    @property
+    def description(self) -> str:
+        """One line saying what the sandbox does and does not do."""
+        if self.mode == "bwrap":
+            text = ("bubblewrap: no network, own PID namespace, read-only system, "
+                    "private /tmp, grader's home hidden, work dir writable, data read-only")
+        elif self.mode == "unshare":
+            text = ("unshare: no network, own PID namespace; NO hidden folders "
+                    "(the file system, answer key included, is readable)")
+        else:
+            text = "none: NO isolation (network, files and processes of the host reachable)"
+        if self.uid is not None:
+            text += f", runs as uid {self.uid}"
+        text += ", process cap " + ("enforced" if self.nproc_enforced else "NOT enforced")
+        for note in self.notes:
+            text += f"; {note}"
+        return text
+
+    def describe(self, limits: Limits | None = None, hidden: Iterable[str | Path] = ()) -> str:
+        """:attr:`description` plus the hidden folders and the limits of one run."""
+        text = self.description
+        hidden = [str(h) for h in hidden]
+        if hidden:
+            text += ("; hidden paths: " if self.hides_paths else "; NOT hidden: ") + ", ".join(hidden)
+        if limits is not None:
+            text += "; limits: " + limits.describe()
+        return text
+
+    def command(
+        self,
+        argv: Sequence[str],
+        *,
+        workdir: str | Path,
+        runtime_dir: str | Path,
+        limits: Limits,
+        hidden: Iterable[str | Path] = (),
+        data_dir: str | Path | None = None,
+        readonly: Iterable[str | Path] = (),
+    ) -> list[str]:
+        """``argv`` wrapped in this sandbox: see :func:`sandbox_command`."""
+        return sandbox_command(
+            self, argv, workdir=workdir, runtime_dir=runtime_dir, limits=limits,
+            hidden=hidden, data_dir=data_dir, readonly=readonly,
+        )
+
+    def grant(self, *paths: str | Path) -> None:
+        """Give the sandbox uid ownership of ``paths`` (recursively).
+
+        Needed when the kernel runs under :data:`SANDBOX_UID`: the work dir
+        and runtime dir are created by the grader (root) and must be
+        writable by the kernel.  A no-op when no uid switch happens.
+        """
+        if self.uid is None:
+            return
+        for path in paths:
+            path = Path(path)
+            os.chown(path, self.uid, self.uid, follow_symlinks=False)
+            if path.is_dir() and not path.is_symlink():
+                for root, dirs, files in os.walk(path):
+                    for name in dirs + files:
+                        os.chown(os.path.join(root, name), self.uid, self.uid, follow_symlinks=False)
+
+
+# --------------------------------------------------------------------------
+# Pure command building
+# --------------------------------------------------------------------------
+
+def _abs(p: str | Path) -> str:
+    return os.path.realpath(os.path.abspath(os.fspath(p)))
+
+
+def _within(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def python_roots(argv0: str | None = None) -> list[str]:
+    """Folders a Python needs to run: its prefixes, venv and real install.
+
+    Used to bind back the interpreter when the home that holds it is hidden.
+    """
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    for exe in filter(None, [sys.executable, argv0]):
+        if os.sep in exe:
+            roots.add(os.path.dirname(os.path.dirname(os.path.abspath(exe))))
+            roots.add(os.path.dirname(os.path.dirname(os.path.realpath(exe))))
+    return sorted(_abs(r) for r in roots if r)
+
+
+def rlimit_prefix(limits: Limits, *, nproc: bool = True) -> list[str]:
+    """``prlimit --core=0 --data=N ... --`` (soft and hard limit equal, so
+    the notebook cannot raise them again)."""
+    opts = limits.rlimits()
+    if not nproc:
+        opts.pop("nproc", None)
+    prlimit = shutil.which("prlimit") or "prlimit"
+    return [prlimit] + [f"--{k}={v}:{v}" for k, v in sorted(opts.items())] + ["--"]
+
+
+def sandbox_command(
+    iso: Isolation,
+    argv: Sequence[str],
+    *,
+    workdir: str | Path,
+    runtime_dir: str | Path,
+    limits: Limits,
+    hidden: Iterable[str | Path] = (),
+    data_dir: str | Path | None = None,
+    readonly: Iterable[str | Path] = (),
+    home: str | Path | None = None,
+) -> list[str]:
+    """The full command line running ``argv`` under ``iso``.
+
+    Pure: it looks at the file system only to tell files from folders among
+    ``hidden`` and to skip those that do not exist.
+
+    bwrap layering, later mounts on top of earlier ones: the read-only
+    system, the hidden home with the Python installation (and ``readonly``)
+    bound back, the hidden folders, then the runtime dir (connection file
+    and kernel sockets), the work dir and the data dir.  So a work dir
+    inside a hidden folder (the class's work root) is still reachable.
+
+    Example::
+
+        sandbox_command(resolve("bwrap"), ["python", "-m", "ipykernel_launcher"],
+                        workdir="/w/g1", runtime_dir="/tmp/grader-x",
+                        limits=Limits(), hidden=["/course/lab01", "/w"],
+                        data_dir="/data")
+    """
+    argv = list(argv)
+    workdir, runtime_dir = _abs(workdir), _abs(runtime_dir)
+    rl = rlimit_prefix(limits, nproc=iso.nproc_enforced) if iso.rlimits else []
+    if iso.mode == "none":
+        return rl + argv
+
+    # Inside a PID namespace the kernel's parent is pid 1, so ipykernel's
+    # parent poller (JPY_PARENT_PID) would think the grader died and quit.
+    env_fix = [shutil.which("env") or "env", "-u", "JPY_PARENT_PID"]
+    drop = []
+    if iso.uid is not None:
+        drop = [shutil.which("setpriv") or "setpriv", f"--reuid={iso.uid}", f"--regid={iso.uid}",
+                "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+    elif os.geteuid() == 0:
+        # Root that keeps its uid: at least no capabilities (else it could
+        # setns() back into the host network).
+        drop = [shutil.which("setpriv") or "setpriv", "--inh-caps=-all", "--bounding-set=-all",
+                "--no-new-privs", "--"]
+    userns = []
+    if iso.userns and iso.uid is not None:
+        # A user namespace of the sandbox's own: RLIMIT_NPROC set after it
+        # is made counts only this sandbox's processes.
+        userns = [shutil.which("unshare") or "unshare", "--user", "--map-current-user", "--"]
+
+    if iso.mode == "unshare":
+        ns = [shutil.which("unshare") or "unshare", "--net", "--pid", "--fork", "--kill-child",
+              "--mount-proc"]
+        if os.geteuid() != 0:
+            ns[1:1] = ["--user", "--map-current-user"]
+        return ns + ["--"] + drop + userns + env_fix + rl + argv
+
+    # bwrap
+    home = _abs(home if home is not None else Path.home())
+    cmd = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--unshare-net", "--unshare-pid",
+           "--unshare-ipc", "--unshare-uts", "--hostname", "sandbox",
+           "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    tmpfs: list[str] = []
+
+    def mask(path: str, perms: str = "0755", size: int | None = None) -> None:
+        cmd.extend(["--perms", perms] + (["--size", str(size)] if size else []) + ["--tmpfs", path])
+        tmpfs.append(path)
+
+    def bind(option: str, path: str) -> None:
+        # bwrap makes missing parents on a tmpfs mode 0700, which a
+        # non-root kernel cannot pass: make them 0755 first.
+        parents = [str(a) for a in reversed(Path(path).parents)]
+        for a in parents:
+            if any(_within(a, t) and a != t for t in tmpfs):
+                cmd.extend(["--perms", "0755", "--dir", a])
+        cmd.extend([option, path, path])
+
+    tmp_size = limits.max_file_size or GiB  # tmpfs is memory RLIMIT_DATA does not see
+    mask("/tmp", "1777", tmp_size)
+    mask("/dev/shm", "1777", tmp_size)
+    if home != "/" and os.path.isdir(home):
+        mask(home)
+        for root in python_roots(argv[0] if argv else None) + [_abs(p) for p in readonly]:
+            if _within(root, home) and root != home and os.path.exists(root):
+                bind("--ro-bind", root)
+    for h in sorted({_abs(h) for h in hidden}):
+        if h in ("/", home) or not os.path.exists(h):
+            continue
+        if os.path.isdir(h):
+            mask(h)
+        else:
+            cmd.extend(["--ro-bind", "/dev/null", h])
+    bind("--bind", runtime_dir)
+    bind("--bind", workdir)
+    if data_dir is not None:
+        bind("--ro-bind", _abs(data_dir))
+    cmd += ["--unsetenv", "JPY_PARENT_PID", "--chdir", workdir, "--"]
+    return cmd + drop + userns + rl + argv
+
+
+# --------------------------------------------------------------------------
+# Detection (imperative: runs a probe once per mode and caches it)
+# --------------------------------------------------------------------------
+
+_PROBE = "import os, sys; print(os.getuid()); print(sys.version)"
+
+
+def _candidates(mode: Mode, uid: int) -> list[Isolation]:
+    """Variants of ``mode`` to try, strongest first."""
+    root = os.geteuid() == 0
+    if mode == "none":
+        # No namespace of its own: RLIMIT_NPROC would count every process of
+        # the user (a desktop session has hundreds), or nothing for root.
+        return [Isolation("none")]
+    if not root:
+        # bwrap and ``unshare --user`` make a user namespace by themselves.
+        return [Isolation(mode, nproc_enforced=True, userns=True)]
+    if mode == "bwrap":
+        return [
+            Isolation("bwrap", uid=uid, userns=True, nproc_enforced=True),
+            # No unprivileged user namespaces: still drop to the uid, but the
+            # process count would be shared by every sandbox of that uid.
+            Isolation("bwrap", uid=uid, notes=("no user namespace: process cap off",)),
+        ]
+    # unshare cannot hide the home: the uid switch works only if the Python
+    # is reachable by that uid (the probe checks it is the same Python).
+    return [
+        Isolation("unshare", uid=uid, userns=True, nproc_enforced=True),
+        Isolation("unshare", notes=("runs as root without capabilities",)),
+    ]
+
+
+def _probe(iso: Isolation) -> str | None:
+    """Run a tiny Python under ``iso``; ``None`` if fine, else why not."""
+    tools = {"bwrap": ["bwrap"], "unshare": ["unshare"], "none": []}[iso.mode]
+    if iso.uid is not None or (os.geteuid() == 0 and iso.mode != "none"):
+        tools.append("setpriv")
+    if iso.rlimits:
+        tools.append("prlimit")
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        return "not installed: " + ", ".join(missing)
+    with tempfile.TemporaryDirectory(prefix="grader-probe-") as tmp:
+        os.chmod(tmp, 0o755)
+        work = Path(tmp, "w")
+        work.mkdir()
+        iso.grant(work)
+        argv = sandbox_command(iso, [sys.executable, "-c", _PROBE], workdir=work,
+                               runtime_dir=work, limits=Limits())
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=30,
+                                  env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                                       "LANG": "C.UTF-8"}, cwd=work)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"{type(exc).__name__}: {exc}"
+    if proc.returncode != 0:
+        return (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+    want = [str(iso.uid if iso.uid is not None else os.getuid()), sys.version]
+    got = proc.stdout.strip().split("\n", 1)
+    if got != want:
+        # e.g. a Python under a home the uid cannot enter, which then loads
+        # another libpython: refuse rather than run a different interpreter
+        return f"probe printed {got!r}, expected {want!r}"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _resolve_mode(mode: Mode, uid: int) -> tuple[Isolation | None, str]:
+    why = ""
+    for iso in _candidates(mode, uid):
+        why = _probe(iso) or ""
+        if not why:
+            return iso, ""
+        log.debug("sandbox %s variant %s failed: %s", mode, iso, why)
+    return None, why
+
+
+def resolve(mode: SandboxChoice = "auto", *, uid: int = SANDBOX_UID) -> Isolation:
+    """The sandbox to use, checked by actually running Python in it once.
+
+    ``auto`` tries bwrap, then unshare, then none (with ``logging.warning``
+    and ``degraded=True``).  An explicit mode that does not work raises
+    :class:`SandboxUnavailable`.  Results are cached per process.
+
+    Example::
+
+        iso = resolve("auto")
+        if iso.degraded:
+            print("WARNING:", iso.description)
+    """
+    if mode not in SANDBOX_CHOICES:
+        raise ValueError(f"sandbox must be one of {', '.join(SANDBOX_CHOICES)}, not {mode!r}")
+    if mode != "auto":
+        iso, why = _resolve_mode(mode, uid)
+        if iso is None:
+            raise SandboxUnavailable(f"sandbox {mode!r} does not work here: {why}")
+        return replace(iso, requested=mode)
+    failures = []
+    for m in ("bwrap", "unshare"):
+        iso, why = _resolve_mode(m, uid)  # type: ignore[arg-type]
+        if iso is not None:
+            if m != "bwrap":
+                log.warning("bubblewrap unavailable (%s); falling back to %s: %s",
+                            failures[-1], m, iso.description)
+            return replace(iso, requested="auto", degraded=(m != "bwrap"))
+        failures.append(f"{m}: {why}")
+    iso, why = _resolve_mode("none", uid)
+    if iso is None:  # even prlimit is missing: run with no limits at all
+        iso = Isolation("none", rlimits=False, notes=(f"no resource limits ({why})",))
+    log.warning("NO SANDBOX: student code runs unisolated (%s). %s", "; ".join(failures),
+                iso.description)
+    return replace(iso, requested="auto", degraded=True)
