@@ -35,5 +35,25 @@ def data_fetch(data_dir: str | None, base_url: str, progress: bool) -> None:
         sys.exit(1)
 
 
+@main.command("release")
+@click.argument("lab", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder to write the hand-out into.")
+def release_cmd(lab: str, out: str) -> None:
+    """Write the student hand-out of LAB (e.g. assignments/lab01): the notebook
+    without solutions, the helper code, requirements.txt and a README."""
+    from .assignment import SpecError
+    from .release import release
+
+    try:
+        folder = release(lab, out)
+    except (SpecError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    for p in sorted(folder.iterdir()):
+        click.echo(f"  {p}")
+    click.echo(f"hand-out written to {folder}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
