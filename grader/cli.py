@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -53,6 +54,86 @@ def release_cmd(lab: str, out: str) -> None:
     for p in sorted(folder.iterdir()):
         click.echo(f"  {p}")
     click.echo(f"hand-out written to {folder}")
+
+
+@main.command("calibrate")
+@click.argument("lab", type=click.Path(exists=True, file_okay=False))
+@click.option("--seeds", default=3, show_default=True, help="Runs of the reference, seeds 0..K-1.")
+@click.option("--profile", type=click.Choice(["quick", "full"]), default="quick", show_default=True)
+@click.option("-j", "--jobs", default=2, show_default=True, help="Runs at a time.")
+@click.option("--data-dir", default=None, help="PhysioNet data (default: $GRADER_DATA).")
+@click.option("--sandbox", type=click.Choice(["auto", "bwrap", "unshare", "none"]), default="auto",
+              show_default=True)
+def calibrate_cmd(lab, seeds, profile, jobs, data_dir, sandbox) -> None:
+    """Run the reference solution of LAB with several seeds and write its key.json."""
+    from .calibrate import CalibrationError, calibrate
+
+    try:
+        key = calibrate(lab, seeds=seeds, profile=profile, jobs=jobs, data_dir=data_dir,
+                        sandbox=sandbox, log=click.echo)
+    except CalibrationError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    sys.exit(1 if key["faults"] else 0)
+
+
+@main.command("grade")
+@click.argument("submissions", type=click.Path(exists=True, file_okay=False))
+@click.option("--lab", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The assignment folder, e.g. assignments/lab01.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output folder: grader.db, grades.csv, executed/.")
+@click.option("-j", "--jobs", type=int, default=None, help="Notebooks at a time [default: cores].")
+@click.option("--timeout", type=float, default=None,
+              help="Seconds per notebook [default: the assignment's limits].")
+@click.option("--memory", default=None, help="Memory cap per notebook, e.g. 4GiB.")
+@click.option("--sandbox", type=click.Choice(["auto", "bwrap", "unshare", "none"]), default="auto",
+              show_default=True, help="Isolation of student code; 'none' only if you accept it.")
+@click.option("--manual", "manual_csv", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Instructor's CSV: group,question,points,comment.")
+@click.option("--data-dir", default=None, help="PhysioNet data (default: $GRADER_DATA).")
+def grade_cmd(submissions, lab, out, jobs, timeout, memory, sandbox, manual_csv, data_dir) -> None:
+    """Grade every notebook under SUBMISSIONS. Run it again after an interruption:
+    what was graded is kept, the rest runs."""
+    from .assignment import SpecError, parse_size
+    from .grade import grade
+    from .sandbox import SandboxUnavailable
+    from .store import StoreError
+
+    try:
+        grade(submissions, lab, out, jobs=jobs, timeout=timeout,
+              memory=parse_size(memory, "--memory") if memory else None, sandbox=sandbox,
+              manual_csv=manual_csv, data_dir=data_dir)
+    except (SpecError, SandboxUnavailable, StoreError, ValueError, FileNotFoundError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+@main.command("rescore")
+@click.argument("out", type=click.Path(exists=True, file_okay=False))
+@click.option("--lab", default=None, type=click.Path(exists=True, file_okay=False),
+              help="The assignment folder [default: the one OUT was graded with].")
+@click.option("--manual", "manual_csv", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Instructor's CSV: group,question,points,comment.")
+def rescore_cmd(out, lab, manual_csv) -> None:
+    """Recompute every score in OUT from stored evidence (after a change to the key,
+    the tolerances or the manual scores). Executes nothing."""
+    import time
+
+    from rich.console import Console
+
+    from .assignment import SpecError
+    from .grade import _summary, rescore
+    from .store import StoreError
+
+    t0 = time.perf_counter()
+    try:
+        rows = rescore(out, lab, manual_csv)
+    except (SpecError, StoreError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    _summary(Console(stderr=True), rows, Path(out))
+    click.echo(f"rescored {len(rows)} submission(s) in {time.perf_counter() - t0:.2f} s")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,480 @@
+"""Evidence: what a run of a student notebook left behind, in JSON-safe form.
+
+Two halves, on either side of the trust boundary:
+
+* :func:`epilogue_code` is Python source that :func:`grader.execute.execute_notebook`
+  runs (``epilogue=...``) in the *student's* kernel after the last cell.  It reads the
+  answer variables, encodes them (see below) and exports the models the grader must
+  measure (``grader_models/<var>.pt`` state dict on CPU + ``grader_models/<var>.json``
+  config) into the work dir, then writes ``grader_evidence.json`` there.
+* :func:`collect` runs in the grader: it reads that file back, *re-validates* every
+  answer (the kernel is untrusted: the file may be forged), and adds what the executed
+  notebook shows (free-text answers, group, errors, timings, figures).
+
+The grader measures the models itself, in a clean process: see :mod:`grader.measure`;
+the lead puts its result under ``evidence["measurements"]``.
+
+Encoding of an answer value (JSON-safe, unambiguous)
+----------------------------------------------------
+* ``None``, ``bool``, ``int``, ``str``, finite ``float``: as is.  Subclasses of
+  ``int``/``float``/``str`` (an ``IntEnum``...) are reduced to the plain value.
+* non-finite float: ``{"float": "nan" | "inf" | "-inf"}``.
+* numpy / torch scalars: the plain Python number (or bool); 0-d arrays/tensors too.
+* numpy arrays, torch tensors: nested lists (at most :data:`MAX_ELEMENTS` elements).
+* ``list``: list.  ``tuple`` (also ``torch.Size``, namedtuples): ``{"tuple": [...]}``.
+* ``set``/``frozenset``: ``{"set": [...]}`` (sorted by JSON text).
+* ``dict`` with ``str`` keys: ``{"dict": {...}}`` (wrapped, so that a student's dict
+  can never pass for one of these markers).
+* anything else (complex, objects with a custom ``__eq__``, a model...):
+  ``{"refused": "<type name>"}`` optionally with ``"why"``; never compared.
+* a missing variable is absent from ``answers``.
+
+:func:`decode_value` turns an encoded value back into Python (``tuple``,
+``frozenset``, ``float('nan')``, :class:`Refused`).
+"""
+from __future__ import annotations
+
+import ast
+import json
+import math
+import os
+import stat
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # keep this module light: score.py imports decode_value
+    from .assignment import Assignment
+    from .execute import ExecutionResult
+
+EVIDENCE_FILE = "grader_evidence.json"
+MODELS_DIR = "grader_models"
+MAX_ELEMENTS = 10_000              # per array/tensor, in the kernel
+MAX_ANSWER_BYTES = 1_000_000       # per answer, JSON text, checked by the grader
+MAX_EVIDENCE_BYTES = 16_000_000    # the whole evidence file
+MAX_DEPTH = 32
+MAX_FIGURES = 12
+MAX_FIGURE_BYTES = 1_000_000       # base64 text of one PNG
+MAX_TEXT_CHARS = 20_000            # one free-text answer
+MARKERS = ("tuple", "set", "float", "dict", "refused")
+
+
+# --------------------------------------------------------------------------
+# Kernel side
+# --------------------------------------------------------------------------
+
+# Runs with exec() in a namespace of its own (only _USER_NS, _VARS, _MODELS given), so
+# that a student's global named `list`, `json` or `max` cannot break it, and nothing of
+# it is left in the student's namespace afterwards.
+_KERNEL_BODY = r'''
+import json, math, os, sys
+
+MAX_ELEMENTS = %(max_elements)d
+MAX_DEPTH = %(max_depth)d
+EVIDENCE_FILE = %(evidence_file)r
+MODELS_DIR = %(models_dir)r
+
+
+class Refuse(Exception):
+    def __init__(self, tname, why=None):
+        Exception.__init__(self, tname)
+        self.tname, self.why = tname, why
+
+
+def tname(v):
+    t = type(v)
+    mod = getattr(t, "__module__", "") or ""
+    return t.__qualname__ if mod in ("builtins", "__main__", "") else mod + "." + t.__qualname__
+
+
+def num(x):
+    if type(x) is float and not math.isfinite(x):
+        return {"float": "nan" if x != x else ("inf" if x > 0 else "-inf")}
+    return x
+
+
+def conv(v, depth=0):
+    if depth > MAX_DEPTH:
+        raise Refuse(tname(v), "nested too deeply")
+    t = type(v)
+    if v is None or t is bool or t is int or t is str:
+        return v
+    if t is float:
+        return num(v)
+    np = sys.modules.get("numpy")
+    torch = sys.modules.get("torch")
+    if np is not None and isinstance(v, np.generic):
+        if isinstance(v, np.bool_):
+            return bool(v)
+        if isinstance(v, np.integer):
+            return int(v)
+        if isinstance(v, np.floating):
+            return num(float(v))
+        if isinstance(v, np.str_):
+            return str.__add__(v, "")
+        raise Refuse(tname(v))
+    if np is not None and isinstance(v, np.ndarray):
+        if v.size > MAX_ELEMENTS:
+            raise Refuse(tname(v), "%%d elements, more than %%d" %% (v.size, MAX_ELEMENTS))
+        if v.dtype.kind not in "biufUO":
+            raise Refuse(tname(v), "dtype " + str(v.dtype))
+        return conv(v.tolist(), depth + 1) if v.ndim else conv(v.item(), depth + 1)
+    if torch is not None and isinstance(v, torch.Tensor):
+        if v.numel() > MAX_ELEMENTS:
+            raise Refuse(tname(v), "%%d elements, more than %%d" %% (v.numel(), MAX_ELEMENTS))
+        if v.is_complex():
+            raise Refuse(tname(v), "complex")
+        x = v.detach().cpu()
+        if x.is_sparse:
+            x = x.to_dense()
+        return conv(x.tolist(), depth + 1)
+    if isinstance(v, bool):  # not reached (bool cannot be subclassed); kept for clarity
+        return bool(v)
+    if isinstance(v, int):
+        return int.__add__(v, 0)
+    if isinstance(v, float):
+        return num(float.__add__(v, 0.0))
+    if isinstance(v, str):
+        return str.__add__(v, "")
+    if isinstance(v, tuple):
+        return {"tuple": [conv(x, depth + 1) for x in tuple.__iter__(v)]}
+    if isinstance(v, list):
+        return [conv(x, depth + 1) for x in list.__iter__(v)]
+    if isinstance(v, (set, frozenset)):
+        items = [conv(x, depth + 1) for x in v]
+        return {"set": sorted(items, key=lambda x: json.dumps(x, sort_keys=True))}
+    if isinstance(v, dict):
+        out = {}
+        for k, x in dict.items(v):
+            if type(k) is not str:
+                raise Refuse(tname(v), "a key is not a str")
+            out[k] = conv(x, depth + 1)
+        return {"dict": out}
+    raise Refuse(tname(v))
+
+
+def encode(v):
+    try:
+        out = conv(v)
+        json.dumps(out, allow_nan=False)
+        return out
+    except Refuse as exc:
+        r = {"refused": exc.tname}
+        if exc.why:
+            r["why"] = str(exc.why)[:200]
+        return r
+    except RecursionError:
+        return {"refused": tname(v), "why": "nested too deeply"}
+    except Exception as exc:
+        return {"refused": tname(v), "why": (type(exc).__name__ + ": " + str(exc))[:200]}
+
+
+def export_model(var, obj):
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return {"error": "torch was never imported, so %%r cannot be a PyTorch model" %% var}
+    config = getattr(obj, "config", None)
+    if config is None or not callable(getattr(obj, "state_dict", None)):
+        return {"error": "%%r is a %%s, not a model made with build_model (no config "
+                         "or no state_dict)" %% (var, tname(obj))}
+    try:
+        config_text = json.dumps(config, allow_nan=False)
+    except Exception as exc:
+        return {"error": "the config of %%r is not plain JSON (%%s)" %% (var, exc)}
+    os.makedirs(MODELS_DIR, exist_ok=True)
+    state = {k: (t.detach().cpu() if isinstance(t, torch.Tensor) else t)
+             for k, t in obj.state_dict().items()}
+    pt = os.path.join(MODELS_DIR, var + ".pt")
+    cf = os.path.join(MODELS_DIR, var + ".json")
+    for p in (pt, cf):
+        if os.path.lexists(p):
+            os.remove(p)
+    torch.save(state, pt)
+    with open(cf, "w") as f:
+        f.write(config_text)
+    return {"state": pt, "config": cf}
+
+
+def main():
+    if os.path.lexists(EVIDENCE_FILE):
+        os.remove(EVIDENCE_FILE)
+    answers, models = {}, {}
+    for var in _VARS:
+        if var in _USER_NS:
+            answers[var] = encode(_USER_NS[var])
+    for var in _MODELS:
+        if var not in _USER_NS:
+            models[var] = {"error": "no variable %%r at the end of the notebook" %% var}
+            continue
+        try:
+            models[var] = export_model(var, _USER_NS[var])
+        except Exception as exc:
+            models[var] = {"error": ("exporting %%r failed: %%s: %%s" %% (var, type(exc).__name__, exc))[:500]}
+    tmp = EVIDENCE_FILE + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"version": 1, "answers": answers, "models": models}, f, allow_nan=False)
+    os.replace(tmp, EVIDENCE_FILE)
+
+
+main()
+'''
+
+
+def epilogue_code(assignment: "Assignment") -> str:
+    """Source to run in the student's kernel after the notebook (see the module doc).
+
+    Leaves no name behind in the student's namespace (one temporary name,
+    ``_grader_builtins_``, is deleted) and imports torch/numpy only if the notebook did.
+    """
+    body = _KERNEL_BODY % dict(max_elements=MAX_ELEMENTS, max_depth=MAX_DEPTH,
+                               evidence_file=EVIDENCE_FILE, models_dir=MODELS_DIR)
+    variables = list(assignment.answer_variables)
+    models = list(dict.fromkeys(m[0] for m in assignment.measurements))
+    return (
+        "import builtins as _grader_builtins_\n"
+        "try:\n"
+        f"    _grader_builtins_.exec({body!r}, {{'__builtins__': _grader_builtins_, "
+        f"'__name__': 'grader_epilogue', '_USER_NS': _grader_builtins_.globals(), "
+        f"'_VARS': {variables!r}, '_MODELS': {models!r}}})\n"
+        "finally:\n"
+        "    del _grader_builtins_\n"
+    )
+
+
+# --------------------------------------------------------------------------
+# Grader side: validation and decoding of answers (pure)
+# --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Refused:
+    """An answer that is not a plain value: never compared."""
+    type_name: str
+    why: str | None = None
+
+
+def check_value(v: Any, depth: int = 0) -> str | None:
+    """``None`` if ``v`` is a well-formed encoded value, else what is wrong."""
+    if depth > MAX_DEPTH:
+        return "nested too deeply"
+    if v is None or isinstance(v, (bool, str)):
+        return None
+    if isinstance(v, int):
+        return None
+    if isinstance(v, float):
+        return None if math.isfinite(v) else "a bare non-finite float"
+    if isinstance(v, list):
+        for x in v:
+            why = check_value(x, depth + 1)
+            if why:
+                return why
+        return None
+    if isinstance(v, dict):
+        if len(v) == 2 and set(v) == {"refused", "why"} or len(v) == 1 and "refused" in v:
+            ok = isinstance(v["refused"], str) and isinstance(v.get("why", ""), str)
+            return None if ok else "a malformed refusal"
+        if len(v) != 1:
+            return "an unknown object"
+        (k, x), = v.items()
+        if k in ("tuple", "set"):
+            return check_value(x, depth + 1) if isinstance(x, list) else f"a malformed {k}"
+        if k == "float":
+            return None if x in ("nan", "inf", "-inf") else "a malformed float"
+        if k == "dict":
+            if not isinstance(x, dict):
+                return "a malformed dict"
+            for y in x.values():
+                why = check_value(y, depth + 1)
+                if why:
+                    return why
+            return None
+        return "an unknown object"
+    return f"a {type(v).__name__}"
+
+
+def validate_answer(v: Any) -> Any:
+    """The encoded answer if it is well-formed and small enough, else a refusal."""
+    try:
+        size = len(json.dumps(v, allow_nan=False))
+    except (TypeError, ValueError, RecursionError) as exc:
+        return {"refused": "unreadable", "why": f"not JSON: {exc}"[:200]}
+    if size > MAX_ANSWER_BYTES:
+        return {"refused": "unreadable", "why": f"{size} bytes, more than {MAX_ANSWER_BYTES}"}
+    try:
+        why = check_value(v)
+    except RecursionError:
+        why = "nested too deeply"
+    return v if why is None else {"refused": "unreadable", "why": why}
+
+
+def decode_value(v: Any) -> Any:
+    """Encoded (validated) value -> Python: tuple, frozenset, nan/inf, dict, :class:`Refused`."""
+    if isinstance(v, list):
+        return [decode_value(x) for x in v]
+    if isinstance(v, dict):
+        if "refused" in v:
+            return Refused(str(v["refused"]), v.get("why"))
+        (k, x), = v.items()
+        if k == "tuple":
+            return tuple(decode_value(y) for y in x)
+        if k == "set":
+            items = [decode_value(y) for y in x]
+            try:
+                return frozenset(items)
+            except TypeError:  # unhashable members (lists): keep the list
+                return Refused("set", "unhashable members")
+        if k == "float":
+            return float(x)
+        if k == "dict":
+            return {kk: decode_value(y) for kk, y in x.items()}
+    return v
+
+
+# --------------------------------------------------------------------------
+# Grader side: collect
+# --------------------------------------------------------------------------
+
+def _regular_file(path: Path, root: Path, max_bytes: int) -> str | None:
+    """Why ``path`` must not be read (a link, outside ``root``, too big...), or None."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"cannot stat: {exc}"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (a link?)"
+    try:
+        if not path.resolve().is_relative_to(root.resolve()):
+            return "outside the work dir"
+    except OSError as exc:
+        return f"cannot resolve: {exc}"
+    if st.st_size > max_bytes:
+        return f"{st.st_size} bytes, more than {max_bytes}"
+    return None
+
+
+def _group(nb) -> tuple[list[str] | None, str | None]:
+    cells = [c for c in nb.get("cells", [])
+             if isinstance(c.get("metadata", {}).get("grader"), dict)
+             and c["metadata"]["grader"].get("group")]
+    if not cells:
+        return None, "no group cell (metadata grader.group) in the notebook"
+    source = cells[0].get("source", "")
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        return None, f"the group cell is not valid Python ({exc.msg}, line {exc.lineno})"
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name) and node.targets[0].id == "GROUP"):
+            try:
+                value = ast.literal_eval(node.value)
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                return None, "GROUP is not a plain list of names"
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
+                return None, "GROUP is not a list of names (strings)"
+            return [" ".join(x.split()) for x in value if x.strip()][:10], None
+    return None, "the group cell has no `GROUP = [...]`"
+
+
+def _texts(nb, assignment: "Assignment") -> dict[str, str]:
+    wanted = {q.cell for q in assignment.questions if q.kind == "text" and q.cell}
+    found: dict[str, list[str]] = {}
+    for cell in nb.get("cells", []):
+        meta = cell.get("metadata", {}).get("grader")
+        if cell.get("cell_type") != "markdown" or not isinstance(meta, dict):
+            continue
+        tag = meta.get("answer")
+        if isinstance(tag, str) and tag in wanted:
+            found.setdefault(tag, []).append(str(cell.get("source", "")))
+    return {tag: "\n\n".join(parts)[:MAX_TEXT_CHARS] for tag, parts in found.items()}
+
+
+def _figures(nb) -> tuple[list[dict], int]:
+    figures, skipped = [], 0
+    for i, cell in enumerate(nb.get("cells", [])):
+        if cell.get("cell_type") != "code":
+            continue
+        for out in cell.get("outputs", []):
+            png = (out.get("data") or {}).get("image/png") if isinstance(out, dict) else None
+            if png is None:
+                continue
+            if isinstance(png, list):
+                png = "".join(png)
+            png = "".join(str(png).split())
+            if len(figures) >= MAX_FIGURES or len(png) > MAX_FIGURE_BYTES:
+                skipped += 1
+                continue
+            figures.append({"cell": i, "png": png})
+    return figures, skipped
+
+
+def _histories(nb) -> dict:  # optional; not extracted (the notebook's variables are answers only)
+    return {}
+
+
+def collect(result: "ExecutionResult", workdir: str | os.PathLike,
+            assignment: "Assignment") -> dict[str, Any]:
+    """The evidence of one run, JSON-safe.  Never raises for bad input.
+
+    Keys: ``status``, ``message``, ``seconds``, ``startup_seconds``, ``cell_seconds``,
+    ``isolation``, ``errors`` (cell, ename, evalue, traceback tail), ``epilogue_error``,
+    ``answers`` (var -> encoded value, validated; absent: no such variable),
+    ``evidence_error`` (why the evidence file could not be used, or None), ``texts``
+    (text question cell tag -> markdown source), ``group`` (list of names or None),
+    ``group_error``, ``figures`` (``[{"cell", "png"}]`` base64), ``figures_skipped``,
+    ``models`` (var -> ``{"state", "config"}`` absolute paths, or ``{"error"}``).
+    """
+    root = Path(workdir)
+    nb = result.notebook if result.notebook is not None else {}
+    ev: dict[str, Any] = {
+        "status": result.status,
+        "message": result.message,
+        "seconds": result.seconds,
+        "startup_seconds": result.startup_seconds,
+        "cell_seconds": list(result.cell_seconds),
+        "isolation": result.isolation,
+        "errors": [asdict(e) for e in result.errors],
+        "epilogue_error": result.epilogue_error,
+        "truncated_cells": list(result.truncated_cells),
+        "answers": {},
+        "models": {},
+        "evidence_error": None,
+    }
+    group, why = _group(nb)
+    ev["group"], ev["group_error"] = group, why
+    ev["texts"] = _texts(nb, assignment)
+    ev["figures"], ev["figures_skipped"] = _figures(nb)
+
+    model_vars = list(dict.fromkeys(m[0] for m in assignment.measurements))
+    raw: dict = {}
+    why = _regular_file(root / EVIDENCE_FILE, root, MAX_EVIDENCE_BYTES)
+    if why is None:
+        try:
+            raw = json.loads((root / EVIDENCE_FILE).read_text(encoding="utf-8"))
+            if not isinstance(raw, dict):
+                raw, why = {}, "not a JSON object"
+        except (OSError, ValueError, RecursionError) as exc:
+            raw, why = {}, f"not readable JSON ({type(exc).__name__}: {exc})"[:300]
+    if why is not None:
+        ev["evidence_error"] = (f"{EVIDENCE_FILE}: {why}"
+                                + (f" (epilogue: {result.epilogue_error.splitlines()[0]})"
+                                   if result.epilogue_error else ""))
+    answers = raw.get("answers") if isinstance(raw.get("answers"), dict) else {}
+    for var in assignment.answer_variables:
+        if var in answers:
+            ev["answers"][var] = validate_answer(answers[var])
+    models = raw.get("models") if isinstance(raw.get("models"), dict) else {}
+    for var in model_vars:
+        entry = models.get(var)
+        if not isinstance(entry, dict):
+            ev["models"][var] = {"error": ev["evidence_error"] or "the model was not exported"}
+        elif "error" in entry:
+            ev["models"][var] = {"error": str(entry["error"])[:500]}
+        else:
+            # Never trust the paths the kernel wrote: the grader knows where they go.
+            ev["models"][var] = {"state": str(root / MODELS_DIR / f"{var}.pt"),
+                                 "config": str(root / MODELS_DIR / f"{var}.json")}
+    return ev

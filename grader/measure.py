@@ -1,0 +1,251 @@
+"""The grader measures the students' models itself, in a clean process.
+
+:func:`measure_models` (grader side) runs ``python -m grader.measure <json request>``
+in a subprocess with a minimal environment.  That process, for every
+``(model variable, task, fold)`` of ``assignment.measurements``:
+
+1. reads ``<workdir>/grader_models/<var>.json`` (the model's ``config``) and checks it:
+   a name of :data:`reference.models.MODELS`, whole numbers that match the task's data,
+   plain keyword arguments of bounded size;
+2. rebuilds the network with :func:`reference.models.from_config` (never the group's code);
+3. loads ``<var>.pt`` with ``torch.load(weights_only=True, map_location="cpu")`` and
+   ``load_state_dict(strict=True)``;
+4. loads the test split itself (:func:`reference.data.load_task`, once per task and fold)
+   and evaluates on CPU (:func:`reference.training.evaluate`, ``by_subject`` for gait).
+
+Result: ``{"<var>|<task>|<fold>": {"metrics": {...}} | {"error": "..."}}``.  Bad input
+never raises: every problem becomes an ``error`` entry.
+
+Example::
+
+    from grader.measure import measure_models
+    evidence["measurements"] = measure_models(workdir, lab, data_dir)
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+MODELS_DIR = "grader_models"
+MAX_STATE_BYTES = 512 * 2**20
+MAX_CONFIG_BYTES = 64 * 1024
+MAX_INT = 4096            # any whole number in a model's kwargs (width, filters, layers...)
+MAX_LIST = 16
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def measurement_key(var: str, task: str, fold: int) -> str:
+    return f"{var}|{task}|{fold}"
+
+
+# --------------------------------------------------------------------------
+# Grader side
+# --------------------------------------------------------------------------
+
+def measure_models(workdir: str | os.PathLike, assignment, data_dir: str | os.PathLike | None,
+                   timeout: float = 600, threads: int = 2) -> dict[str, dict]:
+    """Measure every model of ``assignment.measurements`` in a subprocess; see module doc."""
+    items = [list(m) for m in assignment.measurements]
+    keys = [measurement_key(*m) for m in assignment.measurements]
+    if not items:
+        return {}
+    request = {"workdir": str(Path(workdir).resolve()), "items": items}
+    n = str(max(1, int(threads)))
+    env = {
+        "PATH": os.pathsep.join([os.path.dirname(sys.executable), "/usr/bin", "/bin"]),
+        "HOME": os.environ.get("HOME", tempfile.gettempdir()),
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": str(_ROOT),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n,
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    if data_dir is not None:
+        env["GRADER_DATA"] = str(Path(data_dir).resolve())
+    elif os.environ.get("GRADER_DATA"):
+        env["GRADER_DATA"] = os.environ["GRADER_DATA"]
+    if os.environ.get("GRADER_CACHE"):
+        env["GRADER_CACHE"] = os.environ["GRADER_CACHE"]
+    try:
+        proc = subprocess.run([sys.executable, "-m", "grader.measure", json.dumps(request)],
+                              capture_output=True, text=True, timeout=timeout, env=env,
+                              cwd=str(_ROOT))
+    except subprocess.TimeoutExpired:
+        return {k: {"error": f"the grader's measurement did not finish within {timeout:g} s"}
+                for k in keys}
+    except OSError as exc:
+        return {k: {"error": f"the grader's measurement could not start: {exc}"} for k in keys}
+    try:
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        if not isinstance(out, dict):
+            raise ValueError("not an object")
+    except (ValueError, IndexError):
+        tail = (proc.stderr or "").strip().splitlines()[-3:]
+        why = " | ".join(tail) or f"exit status {proc.returncode}"
+        return {k: {"error": f"the grader's measurement failed: {why}"[:500]} for k in keys}
+    return {k: out.get(k, {"error": "not measured"}) for k in keys}
+
+
+# --------------------------------------------------------------------------
+# Measuring process
+# --------------------------------------------------------------------------
+
+class MeasureError(Exception):
+    """A problem with one model, reported as its error entry."""
+
+
+def _plain(v: Any) -> bool:
+    if isinstance(v, bool) or v is None or isinstance(v, str) and len(v) <= 64:
+        return True
+    if isinstance(v, int):
+        return 0 <= v <= MAX_INT
+    if isinstance(v, float):
+        return math.isfinite(v) and 0 <= v <= MAX_INT
+    if isinstance(v, list):
+        return len(v) <= MAX_LIST and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                          and _plain(x) for x in v)
+    return False
+
+
+def check_config(config: Any, data) -> dict:
+    """The config if it can safely rebuild a model for ``data`` (a Windows), else MeasureError."""
+    from reference.models import MODELS
+
+    if not isinstance(config, dict):
+        raise MeasureError("the model's config is not a JSON object")
+    unknown = set(config) - {"name", "window", "channels", "n_classes", "kwargs"}
+    if unknown:
+        raise MeasureError(f"the model's config has unknown field {sorted(unknown)[0]!r}")
+    name = config.get("name")
+    if not isinstance(name, str) or name.lower() not in MODELS:
+        raise MeasureError(f"the model's config names an unknown model {name!r} "
+                           f"(known: {', '.join(MODELS)})")
+    for field, want in (("window", data.window), ("channels", data.channels),
+                        ("n_classes", data.n_classes)):
+        v = config.get(field)
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise MeasureError(f"the model's config field {field!r} is not a whole number")
+        if v != want:
+            raise MeasureError(f"the model was built for {field} = {v}, but the task "
+                               f"{data.task!r} has {field} = {want}")
+    kwargs = config.get("kwargs", {})
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise MeasureError("the model's config field 'kwargs' is not a table")
+    for k, v in kwargs.items():
+        if not _plain(v):
+            raise MeasureError(f"the model's keyword argument {k}={v!r} is not allowed "
+                               f"(plain numbers up to {MAX_INT}, short lists, strings)")
+    return config
+
+
+def _read_regular(path: Path, root: Path, max_bytes: int, what: str) -> Path:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise MeasureError(f"the {what} file {path.name} was not exported") from None
+    if not stat.S_ISREG(st.st_mode) or not path.resolve().is_relative_to(root.resolve()):
+        raise MeasureError(f"the {what} file {path.name} is not a regular file of the work dir")
+    if st.st_size > max_bytes:
+        raise MeasureError(f"the {what} file {path.name} is too large ({st.st_size} bytes)")
+    return path
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if hasattr(v, "tolist"):
+        return _jsonable(v.tolist())
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def measure_one(workdir: Path, var: str, task: str, fold: int, data) -> dict:
+    import torch
+    from reference.models import from_config
+    from reference.training import evaluate
+
+    folder = workdir / MODELS_DIR
+    cfg_path = _read_regular(folder / f"{var}.json", workdir, MAX_CONFIG_BYTES, "config")
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise MeasureError(f"the model's config is not valid JSON ({exc})") from None
+    check_config(config, data)
+    try:
+        model = from_config(config)
+    except Exception as exc:
+        raise MeasureError(f"the model cannot be rebuilt from its config "
+                           f"({type(exc).__name__}: {exc})") from None
+    pt = _read_regular(folder / f"{var}.pt", workdir, MAX_STATE_BYTES, "weights")
+    try:
+        state = torch.load(pt, weights_only=True, map_location="cpu")
+    except Exception as exc:
+        raise MeasureError(f"the weights file cannot be loaded ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    if not isinstance(state, dict):
+        raise MeasureError("the weights file does not hold a state dict")
+    try:
+        model.load_state_dict(state, strict=True)
+    except Exception as exc:
+        raise MeasureError(f"the weights do not fit the model ({type(exc).__name__}: "
+                           f"{str(exc)[:300]})") from None
+    model.eval()
+    with torch.no_grad():
+        metrics = evaluate(model, data.test, data.n_classes, by_subject=task != "af",
+                           device="cpu")
+    return {"metrics": _jsonable(metrics)}
+
+
+def run_request(request: dict) -> dict:
+    from reference.data import load_task
+
+    workdir = Path(request["workdir"])
+    cache: dict[tuple[str, int], Any] = {}
+    out: dict[str, dict] = {}
+    for var, task, fold in request["items"]:
+        key = measurement_key(var, task, fold)
+        try:
+            if (task, fold) not in cache:
+                try:
+                    cache[(task, fold)] = load_task(task, fold=fold)
+                except Exception as exc:
+                    cache[(task, fold)] = exc
+            data = cache[(task, fold)]
+            if isinstance(data, Exception):
+                raise MeasureError(f"the grader could not load the {task} data: "
+                                   f"{type(data).__name__}: {data}")
+            out[key] = measure_one(workdir, var, task, int(fold), data)
+        except MeasureError as exc:
+            out[key] = {"error": str(exc)}
+        except Exception as exc:  # never let one model stop the others
+            out[key] = {"error": f"measuring failed: {type(exc).__name__}: {str(exc)[:300]}"}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    real_stdout = sys.stdout
+    sys.stdout = sys.stderr  # anything printed by libraries stays off the result line
+    try:
+        request = json.loads(argv[0])
+        import torch
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        result = run_request(request)
+    finally:
+        sys.stdout = real_stdout
+    print(json.dumps(result, allow_nan=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,182 @@
+"""`grader grade` and `grader rescore` end to end, on real kernels."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from click.testing import CliRunner
+from nbformat.v4 import new_code_cell, new_notebook
+
+from grader.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TOML = """
+[lab]
+number = 7
+title = "tiny"
+notebook = "lab07.ipynb"
+
+[limits]
+cell_timeout = 20
+notebook_timeout = 60
+
+[[question]]
+id = "answer"
+points = 2
+kind = "integer"
+prompt = "six times seven"
+answer = "answer"
+
+[[question]]
+id = "ratio"
+points = 1
+kind = "number"
+prompt = "a ratio"
+answer = "ratio"
+tolerance = { abs = 0.01 }
+
+[[question]]
+id = "why"
+points = 3
+kind = "text"
+prompt = "why"
+cell = "why"
+"""
+
+
+def notebook(*sources: str, group=("Ada Lovelace", "Alan Turing")) -> nbformat.NotebookNode:
+    group_cell = new_code_cell(f"GROUP = {list(group)!r}")
+    group_cell.metadata["grader"] = {"group": True}
+    return new_notebook(cells=[group_cell, *[new_code_cell(s) for s in sources]])
+
+
+@pytest.fixture
+def tiny_lab(tmp_path) -> Path:
+    lab = tmp_path / "lab07"
+    lab.mkdir()
+    (lab / "assignment.toml").write_text(TOML)
+    nbformat.write(notebook("answer = 6 * 7", "ratio = 0.25"), lab / "lab07.ipynb")
+    (lab / "key.json").write_text(json.dumps({"questions": {
+        "answer": {"expected": 42}, "ratio": {"expected": 0.25, "abs_tol": 0.01}}}))
+    return lab
+
+
+def write(folder: Path, name: str, nb) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    if isinstance(nb, (bytes, str)):
+        path.write_bytes(nb if isinstance(nb, bytes) else nb.encode())
+    else:
+        nbformat.write(nb, path)
+    return path
+
+
+def grades(out: Path) -> dict[str, dict]:
+    with open(out / "grades.csv", newline="") as fh:
+        return {row["file"]: row for row in csv.DictReader(fh)}
+
+
+def test_grade_a_small_class(tiny_lab, tmp_path, physionet):
+    subs = tmp_path / "subs"
+    write(subs, "lovelace_turing_lab_07.ipynb", notebook("answer = 42", "ratio = 0.251"))
+    write(subs, "curie_lab_07.ipynb", notebook("answer = 41", "1/0", "ratio = 0.3",
+                                              group=("Marie Curie",)))
+    write(subs, "noether_lab_07.ipynb", "{ not json")
+    write(subs, "copy_of_lovelace.ipynb", (subs / "lovelace_turing_lab_07.ipynb").read_bytes())
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["grade", str(subs), "--lab", str(tiny_lab), "--out", str(out),
+                                       "-j", "2", "--data-dir", str(physionet)])
+    assert result.exit_code == 0, result.output
+    g = grades(out)
+    assert set(g) == {"lovelace_turing_lab_07.ipynb", "curie_lab_07.ipynb", "noether_lab_07.ipynb",
+                      "copy_of_lovelace.ipynb"}
+    assert g["lovelace_turing_lab_07.ipynb"]["total"] == "3"
+    assert g["lovelace_turing_lab_07.ipynb"]["maximum"] == "6"
+    assert g["curie_lab_07.ipynb"]["total"] == "0"
+    assert g["curie_lab_07.ipynb"]["status"].startswith("errors")
+    assert g["noether_lab_07.ipynb"]["total"] == "0"
+    assert "noether_lab_07.ipynb" in g["noether_lab_07.ipynb"]["status"]
+    assert "off the convention" in g["copy_of_lovelace.ipynb"]["flags"]
+    assert (out / "executed" / "lovelace_turing_lab_07.ipynb").exists()
+    # Identical notebooks were executed once.
+    db = sqlite3.connect(out / "grader.db")
+    assert db.execute("SELECT COUNT(*) FROM evidence").fetchone()[0] == 2
+
+
+def test_rescore_after_manual_scores_and_key_change(tiny_lab, tmp_path, physionet):
+    subs = tmp_path / "subs"
+    write(subs, "lovelace_turing_lab_07.ipynb", notebook("answer = 42", "ratio = 0.27"))
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["grade", str(subs), "--lab", str(tiny_lab), "--out", str(out),
+                                  "--data-dir", str(physionet)])
+    assert r.exit_code == 0, r.output
+    assert grades(out)["lovelace_turing_lab_07.ipynb"]["total"] == "2"
+    manual = tmp_path / "manual.csv"
+    manual.write_text("group,question,points,comment\nlovelace_turing,why,2.5,clear argument\n")
+    key = json.loads((tiny_lab / "key.json").read_text())
+    key["questions"]["ratio"]["abs_tol"] = 0.05        # a wider tolerance
+    (tiny_lab / "key.json").write_text(json.dumps(key))
+    before = (out / "executed" / "lovelace_turing_lab_07.ipynb").stat().st_mtime
+    r = CliRunner().invoke(main, ["rescore", str(out), "--manual", str(manual)])
+    assert r.exit_code == 0, r.output
+    assert grades(out)["lovelace_turing_lab_07.ipynb"]["total"] == "5.5"
+    assert (out / "executed" / "lovelace_turing_lab_07.ipynb").stat().st_mtime == before
+
+
+def test_killed_batch_resumes_without_running_twice(tiny_lab, tmp_path, physionet):
+    subs = tmp_path / "subs"
+    for i in range(6):
+        write(subs, f"g{i}_lab_07.ipynb", notebook(f"answer = {40 + i}", "import time; time.sleep(1)",
+                                                   group=(f"Student G{i}",)))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "grader.cli", "grade", str(subs), "--lab", str(tiny_lab),
+           "--out", str(out), "-j", "1", "--data-dir", str(physionet)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db_path = out / "grader.db"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if db_path.exists():
+            try:
+                n = sqlite3.connect(db_path).execute("SELECT COUNT(*) FROM evidence").fetchone()[0]
+            except sqlite3.OperationalError:
+                n = 0
+            if n >= 2:
+                break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_killed = sqlite3.connect(db_path).execute("SELECT COUNT(*) FROM evidence").fetchone()[0]
+    assert 2 <= n_killed < 6
+    done = {r[0]: r[1] for r in sqlite3.connect(db_path).execute("SELECT sha256, finished_at FROM evidence")}
+
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"{n_killed} already graded" in r.stderr
+    db = sqlite3.connect(db_path)
+    assert db.execute("SELECT COUNT(*) FROM evidence").fetchone()[0] == 6
+    assert db.execute("SELECT COUNT(*) FROM submissions").fetchone()[0] == 6
+    # What was done before the kill was not run again.
+    for sha, finished in done.items():
+        assert db.execute("SELECT finished_at FROM evidence WHERE sha256 = ?", (sha,)).fetchone()[0] == finished
+    g = grades(out)
+    assert [g[f"g{i}_lab_07.ipynb"]["total"] for i in range(6)] == ["0", "0", "2", "0", "0", "0"]
+
+
+def test_grade_refuses_a_lab_without_key(tiny_lab, tmp_path, physionet):
+    (tiny_lab / "key.json").unlink()
+    subs = tmp_path / "subs"
+    write(subs, "a_lab_07.ipynb", notebook("answer = 42"))
+    r = CliRunner().invoke(main, ["grade", str(subs), "--lab", str(tiny_lab), "--out",
+                                  str(tmp_path / "out"), "--data-dir", str(physionet)])
+    assert r.exit_code == 1
+    assert "grader calibrate" in r.output
