@@ -136,5 +136,32 @@ def rescore_cmd(out, lab, manual_csv) -> None:
     click.echo(f"rescored {len(rows)} submission(s) in {time.perf_counter() - t0:.2f} s")
 
 
+@main.command("validate")
+@click.argument("lab", type=click.Path(exists=True, file_okay=False))
+@click.option("-j", "--jobs", default=2, show_default=True)
+@click.option("--sandbox", type=click.Choice(["auto", "bwrap", "unshare", "none"]), default="auto",
+              show_default=True)
+@click.option("--data-dir", default=None, help="PhysioNet data (default: $GRADER_DATA).")
+@click.option("--keep", default=None, type=click.Path(file_okay=False),
+              help="Keep the graded reference and hand-out in this folder.")
+def validate_cmd(lab, jobs, sandbox, data_dir, keep) -> None:
+    """Prove LAB holds: key matches spec, the reference solution gets every automatic
+    point through the whole pipeline, the released hand-out gets none."""
+    import time
+
+    from rich.console import Console
+
+    from .validate import print_checks, validate
+
+    t0 = time.perf_counter()
+    console = Console(stderr=True)
+    checks = validate(lab, jobs=jobs, sandbox=sandbox, data_dir=data_dir, keep=keep, console=console)
+    print_checks(checks, Console())
+    failed = [c for c in checks if not c.ok]
+    click.echo(f"validate: {len(checks) - len(failed)} of {len(checks)} checks hold "
+               f"({time.perf_counter() - t0:.0f} s)")
+    sys.exit(1 if failed else 0)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
