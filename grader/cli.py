@@ -163,5 +163,38 @@ def validate_cmd(lab, jobs, sandbox, data_dir, keep) -> None:
     sys.exit(1 if failed else 0)
 
 
+@main.command("check")
+@click.argument("notebook", type=click.Path(exists=True, dir_okay=False))
+@click.option("--lab", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Folder with the lab's assignment.toml [default: the notebook's folder].")
+@click.option("--no-run", is_flag=True, help="Read the notebook as saved instead of running it.")
+@click.option("--data-dir", default=None, help="PhysioNet data (default: $GRADER_DATA).")
+@click.option("--sandbox", type=click.Choice(["auto", "bwrap", "unshare", "none"]), default="auto",
+              show_default=True)
+def check_cmd(notebook, lab, no_run, data_dir, sandbox) -> None:
+    """Check NOTEBOOK before submitting: name, group, answers' form, given cells, errors.
+    Exits non-zero when something would cost points for form. Knows no expected answer."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .assignment import SpecError
+    from .check import check_notebook, exit_code
+
+    try:
+        rows = check_notebook(notebook, lab, run=not no_run, data_dir=data_dir, sandbox=sandbox)
+    except SpecError as exc:
+        click.echo(f"error: {exc} (pass --lab with the folder of the lab's assignment.toml)", err=True)
+        sys.exit(2)
+    table = Table(title=f"grader check {Path(notebook).name}")
+    for col in ("", "what", "detail"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row("ok" if r.ok else ("FIX" if r.costs_points else "note"), r.what, r.detail)
+    Console().print(table)
+    code = exit_code(rows)
+    click.echo("ready to submit" if code == 0 else "some answers would cost points for their form: fix the rows marked FIX")
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

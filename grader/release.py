@@ -49,6 +49,12 @@ platformdirs>=4.0
 rich>=13.7
 jupyterlab>=4.0
 ipykernel>=6.29
+# for the self-check, `python -m grader check`
+nbformat>=5.9
+nbclient>=0.10
+click>=8.1
+jinja2>=3.1
+weasyprint>=62
 """
 
 
@@ -84,6 +90,14 @@ def strip_markdown(source: str) -> str:
     return _REGION.sub(lambda m: MARKDOWN_PLACEHOLDER, source)
 
 
+def public_spec(path: Path) -> str:
+    """assignment.toml as the self-check needs it: questions and limits, no tolerance."""
+    lines = path.read_text().splitlines()
+    keep = [l for l in lines if not re.match(r"\s*tolerance\s*=", l)]
+    return "# The questions of the lab, for `grader check`. No expected answer is here.\n" + \
+        "\n".join(keep) + "\n"
+
+
 def source_hash(source: str) -> str:
     """Hash of a locked cell's source, so ``grader check`` can tell it was changed."""
     return hashlib.sha256(source.strip().encode()).hexdigest()
@@ -116,13 +130,17 @@ def release(folder: str | Path, out: str | Path) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     nbformat.write(student_notebook(assignment), out / assignment.notebook)
-    import reference  # the course library, copied as source (no caches, no data)
+    import reference  # the course library and the self-check, as source: no key in them
 
-    src = Path(reference.__file__).parent
-    dest = out / "reference"
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    import grader
+
+    for pkg in (reference, grader):
+        dest = out / pkg.__name__
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(Path(pkg.__file__).parent, dest,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (out / "assignment.toml").write_text(public_spec(assignment.folder / "assignment.toml"))
     (out / "requirements.txt").write_text(REQUIREMENTS)
     nn = f"{assignment.number:02d}"
     (out / "README.md").write_text(f"""\
@@ -150,8 +168,13 @@ answer every question, run the notebook from top to bottom, and save it as
 (your family names, lower case, no accents, spaces or hyphens). Every member uploads it on
 Moodle. Cells marked as given must stay unchanged.
 
-Before submitting, check the form of your answers with `grader check` (see the notebook's
-last cell): it tells you about missing answers, answers of the wrong type and a file name off
-the convention. It does not know the expected answers.
+Before submitting, check the form of your answers (the notebook's last cell does it too):
+
+    python -m grader check name1_name2_name3_lab_{nn}.ipynb            # runs it as the grader will
+    python -m grader check name1_name2_name3_lab_{nn}.ipynb --no-run   # reads it as saved
+
+It tells you about missing answers, answers of the wrong type or form, given cells you changed
+and a file name off the convention, and exits non-zero when one of them would cost points. It
+does not know the expected answers.
 """)
     return out

@@ -26,8 +26,10 @@ def handout(tmp_path_factory) -> Path:
 
 def test_handout_files(handout):
     assert {p.name for p in handout.iterdir()} >= {"lab01.ipynb", "reference", "requirements.txt", "README.md"}
-    assert (handout / "reference" / "data.py").exists()
-    assert not list(handout.rglob("key.json")) and not list(handout.rglob("assignment.toml"))
+    assert (handout / "reference" / "data.py").exists() and (handout / "grader" / "check.py").exists()
+    assert not list(handout.rglob("key.json"))
+    spec = (handout / "assignment.toml").read_text()     # for the self-check
+    assert "[[question]]" in spec and "tolerance =" not in spec
     reqs = (handout / "requirements.txt").read_text()
     for pkg in ("torch", "wfdb", "jupyterlab", "matplotlib", "scikit-learn"):
         assert pkg in reqs
@@ -51,10 +53,12 @@ def test_handout_carries_no_value_of_the_key(handout):
     key = json.loads((LAB / "key.json").read_text())["questions"]
     # What the release writes from the solution: the notebook and the README. The library
     # travels as the public course code, unchanged.
-    blob = (handout / "README.md").read_text() + (handout / "lab01.ipynb").read_text()
-    library = Path(__file__).resolve().parents[1] / "reference"
-    for p in (handout / "reference").rglob("*.py"):
-        assert p.read_bytes() == (library / p.relative_to(handout / "reference")).read_bytes()
+    blob = (handout / "README.md").read_text() + (handout / "lab01.ipynb").read_text() + \
+        (handout / "assignment.toml").read_text()
+    for pkg in ("reference", "grader"):
+        library = Path(__file__).resolve().parents[1] / pkg
+        for p in (handout / pkg).rglob("*.py"):
+            assert p.read_bytes() == (library / p.relative_to(handout / pkg)).read_bytes()
     from grader.assignment import load_assignment
 
     public = {q.id for q in load_assignment(LAB).questions if q.kind in ("choice", "multi")}

@@ -1,0 +1,4 @@
+"""``python -m grader``: the same as the ``grader`` command."""
+from .cli import main
+
+main()

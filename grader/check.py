@@ -1,0 +1,211 @@
+"""``grader check``: the students' own look at their notebook, before submitting.
+
+It runs the notebook with the same runner and limits as grading (or, with
+``--no-run``, reads it as saved) and reports on the form only: the file name
+convention, the group cell, every question answered with an answer of the right
+type and form, choices among the allowed ones, plausible ranges, cells that must
+stay unchanged left unchanged, the run time against the grading limit, errors by
+cell. It reads the question spec, never a key: the hand-out carries none.
+
+Example::
+
+    grader check lovelace_turing_lab_01.ipynb --lab .
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from .assignment import Assignment, Question, load_assignment
+from .evidence import Refused, decode_value
+from .ingest import read_submission
+
+FORM = "form"   # a row that would cost points: makes the exit code non-zero
+
+
+@dataclass
+class Row:
+    what: str
+    ok: bool
+    detail: str
+    costs_points: bool = True
+
+
+def _source_hash(source: str) -> str:
+    return hashlib.sha256(source.strip().encode()).hexdigest()
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def answer_form(q: Question, value: Any) -> str | None:
+    """Why ``value`` has not the form ``q`` needs (None: it has). Pure; knows no key.
+
+    >>> from grader.assignment import Question
+    >>> answer_form(Question("c", 1, "choice", "p", answer="c", choices=("A", "B")), "E")
+    "'E' is not one of the choices A, B"
+    """
+    if isinstance(value, Refused):
+        return f"not a plain value (a {value.type_name})"
+    if value is None:
+        return "still None: no answer yet"
+    if q.kind == "integer":
+        if isinstance(value, bool) or not (isinstance(value, int) or
+                                           (isinstance(value, float) and value.is_integer())):
+            return f"expected a whole number, got {value!r}"
+    elif q.kind in ("number", "consistency"):
+        if not _finite(value):
+            return f"expected a finite number, got {value!r}"
+        if q.kind == "consistency" and not 0.0 <= float(value) <= 1.0:
+            return f"a rate lies between 0 and 1, got {value!r}"
+    elif q.kind == "tuple":
+        if not isinstance(value, (tuple, list)) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return f"expected a tuple of whole numbers, got {value!r}"
+    elif q.kind == "choice":
+        if str(value).strip().casefold() not in {c.casefold() for c in q.choices}:
+            return f"{value!r} is not one of the choices {', '.join(q.choices)}"
+    elif q.kind == "multi":
+        if not isinstance(value, (set, frozenset, list, tuple)):
+            return f"expected a set of choices, got {value!r}"
+        bad = [v for v in value if str(v).casefold() not in {c.casefold() for c in q.choices}]
+        if bad:
+            return f"{bad[0]!r} is not one of the choices {', '.join(q.choices)}"
+        if not value:
+            return "the set is empty"
+    return None
+
+
+def static_rows(path: Path, assignment: Assignment, nb) -> list[Row]:
+    """What can be told without running: name, group, locked cells, placeholders."""
+    rows: list[Row] = []
+    sub = read_submission(path, path.name, assignment.number)
+    nn = f"{assignment.number:02d}"
+    name_flags = [f for f in sub.flags if "file name" in f or "lab number" in f]
+    rows.append(Row("file name", not name_flags,
+                    "; ".join(name_flags) or f"{path.name} follows name1_name2_name3_lab_{nn}.ipynb"))
+    group_flags = [f for f in sub.flags if "group cell" in f or "member" in f]
+    rows.append(Row("group cell", bool(sub.members) and not group_flags,
+                    "; ".join(group_flags) or ", ".join(sub.members) or "no member named"))
+    changed = []
+    for i, cell in enumerate(nb.cells):
+        meta = cell.metadata.get("grader", {})
+        if meta.get("locked") and meta.get("locked_sha256") and \
+                _source_hash(cell.source) != meta["locked_sha256"]:
+            changed.append(str(i))
+    rows.append(Row("given cells unchanged", not changed,
+                    f"cells {', '.join(changed)} were changed: restore them" if changed
+                    else "all given cells as handed out"))
+    tags = {c.metadata.get("grader", {}).get("answer"): c.source for c in nb.cells
+            if c.cell_type == "markdown"}
+    for q in assignment.questions:
+        if q.kind == "text":
+            text = tags.get(q.cell)
+            empty = text is None or "Write your answer here" in text or \
+                len(text.replace("*Your answer:*", "").strip()) < 20
+            rows.append(Row(f"{q.id} (text)", not empty,
+                            "no answer written yet" if empty else f"{len(text.split())} words"))
+    return rows
+
+
+def check_notebook(path: str | Path, lab: str | Path | None = None, *, run: bool = True,
+                   data_dir=None, sandbox: str = "auto") -> list[Row]:
+    """Every row of the check; never reads a key."""
+    path = Path(path).resolve()
+    lab = Path(lab) if lab else path.parent
+    assignment = load_assignment(lab)
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception as exc:
+        return [Row("notebook", False, f"{path.name}: not a readable notebook ({exc})")]
+    rows = static_rows(path, assignment, nb)
+    if not run:
+        rows += saved_rows(nb, assignment)
+        return rows
+    return rows + run_rows(path, assignment, data_dir, sandbox)
+
+
+def saved_rows(nb, assignment: Assignment) -> list[Row]:
+    """From the saved notebook: errors in its outputs, answer variables still None."""
+    errors = [f"cell {i}: {o.get('ename')}" for i, c in enumerate(nb.cells) if c.cell_type == "code"
+              for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    rows = [Row("errors in saved outputs", not errors, "; ".join(errors) or "none",
+                costs_points=False)]
+    assigned: dict[str, str] = {}
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        try:
+            tree = ast.parse(cell.source)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign):
+                for t in node.targets:
+                    if isinstance(t, ast.Name):
+                        assigned[t.id] = ast.unparse(node.value)
+    for q in assignment.questions:
+        if q.kind == "text" or not q.answer:
+            continue
+        src = assigned.get(q.answer)
+        ok = src is not None and src != "None"
+        rows.append(Row(f"{q.id} ({q.kind})", ok,
+                        "still None: no answer yet" if src == "None" else
+                        "no cell assigns it" if src is None else "answered (run to check its form)"))
+    return rows
+
+
+def run_rows(path: Path, assignment: Assignment, data_dir, sandbox: str) -> list[Row]:
+    from reference.paths import data_dir as resolve_data_dir
+
+    from .evidence import collect, epilogue_code
+    from .execute import execute_notebook
+    from .sandbox import Limits, resolve
+
+    lim = assignment.limits
+    work = Path(tempfile.mkdtemp(prefix="grader-check-"))
+    os.chmod(work, 0o755)
+    try:
+        result = execute_notebook(
+            path, workdir=work, isolation=resolve(sandbox), data_dir=resolve_data_dir(data_dir),
+            limits=Limits(cell_timeout=lim.cell_timeout, notebook_timeout=lim.notebook_timeout,
+                          memory=lim.memory, max_processes=lim.max_processes),
+            epilogue=epilogue_code(assignment), threads=os.cpu_count() or 1)
+        ev = collect(result, work, assignment)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    rows = [Row("run", result.status in ("ok", "errors"),
+                f"{result.status} in {result.seconds:.0f} s (grading allows "
+                f"{lim.notebook_timeout:.0f} s){': ' + result.message if result.message else ''}")]
+    errs = [f"cell {e.cell_index}: {e.ename}: {e.evalue}" for e in result.errors]
+    rows.append(Row("errors by cell", not errs, "; ".join(errs) or "none", costs_points=False))
+    for q in assignment.questions:
+        if q.kind == "text":
+            continue
+        if q.kind == "metric":
+            model = ev.get("models", {}).get(q.model)
+            ok = bool(model) and "error" not in model
+            rows.append(Row(f"{q.id} (model {q.model})", ok,
+                            "exported for the grader's measurement" if ok else
+                            (model or {}).get("error", f"no model in `{q.model}`")))
+            continue
+        if q.answer not in ev.get("answers", {}):
+            rows.append(Row(f"{q.id} ({q.kind})", False, f"no variable `{q.answer}`"))
+            continue
+        why = answer_form(q, decode_value(ev["answers"][q.answer]))
+        rows.append(Row(f"{q.id} ({q.kind})", why is None, why or "answered, right form"))
+    return rows
+
+
+def exit_code(rows: list[Row]) -> int:
+    return 1 if any(not r.ok and r.costs_points for r in rows) else 0

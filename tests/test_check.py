@@ -1,0 +1,117 @@
+"""`grader check`: the students' self-check knows the form, never the answer."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+from click.testing import CliRunner
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from grader.assignment import Question
+from grader.check import answer_form
+from grader.cli import main
+
+LAB = Path(__file__).resolve().parents[1] / "assignments" / "lab01"
+
+
+@pytest.fixture(scope="module")
+def handout(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("handout")
+    assert CliRunner().invoke(main, ["release", str(LAB), "--out", str(out)]).exit_code == 0
+    return out
+
+
+def run_check(*args) -> tuple[int, str]:
+    r = CliRunner().invoke(main, ["check", *map(str, args)], terminal_width=200)
+    return r.exit_code, r.output
+
+
+def test_blank_handout_fails_the_check(handout):
+    nb = handout / "doe_lab_01.ipynb"
+    shutil.copy(handout / "lab01.ipynb", nb)
+    code, out = run_check(nb, "--no-run")
+    assert code == 1
+    assert "still None" in out and "group cell" in out
+
+
+def test_reference_solution_passes_without_a_key(handout, tmp_path):
+    nb = tmp_path / "lovelace_turing_lab_01.ipynb"
+    shutil.copy(LAB / "lab01.ipynb", nb)
+    assert not list(handout.glob("key.json"))
+    code, out = run_check(nb, "--no-run", "--lab", handout)
+    assert code == 0, out
+    assert "ready to submit" in out
+
+
+def test_bad_file_name_and_changed_given_cell_are_reported(handout, tmp_path):
+    nb = nbformat.read(LAB / "lab01.ipynb", as_version=4)
+    released = nbformat.read(handout / "lab01.ipynb", as_version=4)
+    for mine, theirs in zip(nb.cells, released.cells):   # the hand-out's cell hashes
+        mine.metadata = theirs.metadata
+    locked = next(c for c in nb.cells if c.metadata.get("grader", {}).get("locked"))
+    locked.source += "\nprint('changed')"
+    path = tmp_path / "My Lab.ipynb"
+    nbformat.write(nb, path)
+    code, out = run_check(path, "--no-run", "--lab", handout)
+    assert code == 1
+    assert "file name" in out and "were changed" in out
+
+
+TOML = """
+[lab]
+number = 3
+title = "t"
+notebook = "lab03.ipynb"
+[limits]
+cell_timeout = 20
+notebook_timeout = 60
+[[question]]
+id = "n"
+points = 1
+kind = "integer"
+prompt = "p"
+answer = "n"
+[[question]]
+id = "pick"
+points = 1
+kind = "choice"
+prompt = "p"
+answer = "pick"
+choices = ["A", "B"]
+[[question]]
+id = "shape"
+points = 1
+kind = "tuple"
+prompt = "p"
+answer = "shape"
+"""
+
+
+def test_running_check_reports_form_of_each_answer(tmp_path, physionet):
+    (tmp_path / "assignment.toml").write_text(TOML)
+    group = new_code_cell('GROUP = ["Ada Lovelace"]')
+    group.metadata["grader"] = {"group": True}
+    nb = new_notebook(cells=[group, new_code_cell("n = 3.5\npick = 'E'\nshape = (2, 3)"),
+                             new_code_cell("1/0")])
+    path = tmp_path / "lovelace_lab_03.ipynb"
+    nbformat.write(nb, path)
+    code, out = run_check(path, "--data-dir", physionet, "--sandbox", "none")
+    assert code == 1
+    assert "expected a whole number" in out
+    assert "'E' is not one of the choices A, B" in out
+    assert "ZeroDivisionError" in out
+    assert "answered, right form" in out                 # shape
+
+
+@pytest.mark.parametrize("kind, value, ok", [
+    ("integer", 4130, True), ("integer", True, False), ("integer", 15.0, True),
+    ("number", float("nan"), False), ("number", 0.45, True),
+    ("consistency", 1.5, False), ("tuple", (8, 30, 64), True), ("tuple", (8.0, 30), False),
+    ("multi", {"sigmoid", "tanh"}, True), ("multi", {"softmax"}, False), ("multi", set(), False),
+])
+def test_answer_form(kind, value, ok):
+    q = Question("q", 1, kind, "p", answer="q", choices=("sigmoid", "tanh", "relu"))
+    assert (answer_form(q, value) is None) == ok
