@@ -78,7 +78,7 @@ def calibrate_cmd(lab, seeds, profile, jobs, data_dir, sandbox) -> None:
 
 
 @main.command("grade")
-@click.argument("submissions", type=click.Path(exists=True, file_okay=False))
+@click.argument("submissions", type=click.Path(exists=True))
 @click.option("--lab", required=True, type=click.Path(exists=True, file_okay=False),
               help="The assignment folder, e.g. assignments/lab01.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
@@ -93,8 +93,9 @@ def calibrate_cmd(lab, seeds, profile, jobs, data_dir, sandbox) -> None:
               help="Instructor's CSV: group,question,points,comment.")
 @click.option("--data-dir", default=None, help="PhysioNet data (default: $GRADER_DATA).")
 def grade_cmd(submissions, lab, out, jobs, timeout, memory, sandbox, manual_csv, data_dir) -> None:
-    """Grade every notebook under SUBMISSIONS. Run it again after an interruption:
-    what was graded is kept, the rest runs."""
+    """Grade every notebook under SUBMISSIONS (a folder, or Moodle's "Download all
+    submissions" zip). Run it again after an interruption: what was graded is kept,
+    the rest runs."""
     from .assignment import SpecError, parse_size
     from .grade import grade
     from .sandbox import SandboxUnavailable
@@ -194,6 +195,11 @@ def check_cmd(notebook, lab, no_run, data_dir, sandbox) -> None:
     code = exit_code(rows)
     click.echo("ready to submit" if code == 0 else "some answers would cost points for their form: fix the rows marked FIX")
     sys.exit(code)
+
+
+from .moodle_cli import moodle  # noqa: E402  (the `grader moodle` group)
+
+main.add_command(moodle)
 
 
 if __name__ == "__main__":  # pragma: no cover

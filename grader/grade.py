@@ -156,7 +156,8 @@ def grade(submissions: str | Path, lab: str | Path, out: str | Path, *, jobs: in
     jobs = max(1, jobs or os.cpu_count() or 1)
     threads = max(1, (os.cpu_count() or 1) // jobs)
 
-    batch = ingest(submissions, assignment.number)
+    # A Moodle zip unpacks into the output folder, which the kernels never see.
+    batch = ingest(submissions, assignment.number, extract_to=out / "submissions")
     if not batch.submissions:
         raise ValueError(f"{submissions}: no notebook (*.ipynb) found")
     with Store(out / "grader.db", assignment.number) as store:
@@ -173,8 +174,8 @@ def grade(submissions: str | Path, lab: str | Path, out: str | Path, *, jobs: in
         warm_data_cache(data_dir)
         work_root = Path(tempfile.mkdtemp(prefix="grader-work-"))
         os.chmod(work_root, 0o755)
-        hidden = [assignment.folder, Path(submissions).resolve(), out, work_root,
-                  *_repo_git(assignment.folder)]
+        hidden = [assignment.folder, Path(submissions).resolve(), Path(batch.root).resolve(), out,
+                  work_root, *_repo_git(assignment.folder)]
         env = {"GRADER_CACHE": str(cache_dir())}
         names = {s.sha256: [x.name for x in batch if x.sha256 == s.sha256] for s in todo}
         try:

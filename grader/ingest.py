@@ -12,10 +12,14 @@ macOS ``._*`` resource forks are skipped) becomes a :class:`Submission`:
   ``.ipynb``, nbformat 3, too large). Such a submission is graded 0 with that message; it never
   makes :func:`ingest` fail.
 
-Moodle's "Download all submissions" layout is understood: the folder
-``Full Name_<id>_assignsubmission_file/`` (or the flat prefix
-``Full Name_<id>_assignsubmission_file_``) gives ``moodle_name`` and ``moodle_id`` and is not
-part of the file name that the naming convention applies to.
+Moodle's "Download all submissions" is understood, as the zip itself (extracted safely: no
+path outside the target folder, no links, size and count caps, only notebooks) or extracted:
+the folder ``Full Name_<id>_assignsubmission_file/`` (``..._file_/`` before Moodle 4.1; team
+submissions ``Group name_<groupid>_...`` or ``Group name-Full Name_<id>_...``; blind marking
+``Participant_<id>_...``) or the flat prefix ``Full Name_<id>_assignsubmission_file_`` gives
+``moodle_name`` and ``moodle_id`` (see :func:`grader.moodle.parse_entry`) and is not part of
+the file name that the naming convention applies to. Two different notebooks that claim the
+same member are flagged.
 
 >>> feedback_name(["Müller-Lüdenscheidt", "O'Brien"], 1)
 'mullerludenscheidt_obrien_lab_01'
@@ -25,16 +29,24 @@ part of the file name that the naming convention applies to.
 from __future__ import annotations
 
 import ast
+import atexit
 import hashlib
 import json
 import re
+import shutil
+import stat
+import tempfile
 import unicodedata
+import zipfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 #: A file larger than this is not read (a notebook with outputs is a few MiB at most).
 MAX_BYTES = 100 * 2**20
+#: A zip (Moodle's "Download all submissions") may unpack to at most this much, in that many files.
+MAX_ZIP_BYTES = 4 * 2**30
+MAX_ZIP_FILES = 20000
 #: Groups of up to three students (the course's rule).
 MAX_MEMBERS = 3
 
@@ -43,9 +55,6 @@ CONVENTION = re.compile(r"^(?P<names>[a-z0-9]+(?:_[a-z0-9]+)*)_lab_(?P<lab>\d{2}
 #: What a sloppy but recognisable name looks like: ``Lovelace-Turing Lab1 (2).ipynb``.
 _LENIENT = re.compile(r"^(?P<names>.+?)[\s_\-.]+lab[\s_\-.]*(?P<lab>\d{1,3})(?!\d).*\.ipynb$",
                       re.IGNORECASE)
-#: Moodle's folder per submission (>= 4.1: no trailing "_"; before: trailing "_").
-_MOODLE_DIR = re.compile(r"^(?P<name>.+)_(?P<id>\d+)_assignsubmission_[a-z]+_?$")
-_MOODLE_FLAT = re.compile(r"^(?P<name>.+?)_(?P<id>\d+)_assignsubmission_[a-z]+_(?P<file>.+)$")
 _SKIP_DIRS = {".ipynb_checkpoints", "__MACOSX"}
 #: Letters that Unicode does not decompose into ASCII + accent.
 _SPECIAL = str.maketrans({"ß": "ss", "ø": "o", "Ø": "O", "æ": "ae", "Æ": "AE", "œ": "oe",
@@ -154,6 +163,7 @@ class Batch:
     lab_number: int
     submissions: list[Submission]
     ignored: list[str] = field(default_factory=list)   # other files seen (PDF reports, ...)
+    source: Path | None = None      # the zip that ``root`` was extracted from
 
     def __iter__(self):
         return iter(self.submissions)
@@ -330,15 +340,12 @@ def _check_agreement(sub: Submission) -> None:
 
 def _moodle(rel: Path) -> tuple[str | None, str | None, str]:
     """(Moodle name, id, file name without Moodle's prefix)."""
-    file_name = rel.name
-    for part in reversed(rel.parts[:-1]):
-        m = _MOODLE_DIR.match(part)
-        if m:
-            return m.group("name"), m.group("id"), file_name
-    m = _MOODLE_FLAT.match(file_name)
-    if m:
-        return m.group("name"), m.group("id"), m.group("file")
-    return None, None, file_name
+    from .moodle import parse_entry
+
+    name, ident, _plugin, file = parse_entry(rel.as_posix())
+    if name is None:
+        return None, None, rel.name
+    return name, ident, Path(file).name
 
 
 def _hash(path: Path) -> str:
@@ -370,11 +377,101 @@ def _skipped(rel: Path) -> bool:
     return any(p in _SKIP_DIRS or p.startswith("._") for p in rel.parts)
 
 
-def ingest(path: str | Path, lab_number: int) -> Batch:
-    """Read every notebook under ``path`` (a folder, or one ``.ipynb`` file)."""
+class ZipError(ValueError):
+    """A zip that cannot be ingested (damaged, or over the caps)."""
+
+
+def _zip_name(info: zipfile.ZipInfo) -> str:
+    """The member's name as its author wrote it: UTF-8 even without the zip's UTF-8 flag."""
+    name = info.filename
+    if not info.flag_bits & 0x800:
+        try:
+            name = name.encode("cp437").decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            pass
+    return name.replace("\\", "/")
+
+
+def extract_zip(zip_path: str | Path, dest: str | Path) -> tuple[list[str], list[str]]:
+    """Unpack the notebooks of ``zip_path`` under ``dest``; returns (extracted, other files),
+    as POSIX paths relative to ``dest``.
+
+    Safe with a hostile zip: absolute paths, ``..``, drive letters and links are refused,
+    at most :data:`MAX_ZIP_FILES` members, a notebook over :data:`MAX_BYTES` is written only up
+    to the cap (so it reads as too large), :data:`MAX_ZIP_BYTES` in all (counted as written,
+    not as the zip claims). Files other than notebooks are listed, not written.
+    """
+    zip_path, dest = Path(zip_path), Path(dest).resolve()
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ZipError(f"{zip_path}: not a readable zip ({exc})") from None
+    extracted, others, total = [], [], 0
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > MAX_ZIP_FILES:
+            raise ZipError(f"{zip_path}: {len(infos)} files, more than the {MAX_ZIP_FILES} "
+                           f"a class download may hold")
+        for info in infos:
+            name = _zip_name(info)
+            parts = [p for p in name.split("/") if p not in ("", ".")]
+            if info.is_dir() or not parts:
+                continue
+            rel = "/".join(parts)
+            mode = info.external_attr >> 16
+            unsafe = (name.startswith("/") or ".." in parts or re.match(r"^[A-Za-z]:", parts[0])
+                      or stat.S_ISLNK(mode))
+            if unsafe:
+                others.append(f"{rel} (refused: unsafe path or link)")
+                continue
+            if Path(parts[-1]).suffix.lower() != ".ipynb" or _skipped(Path(rel)):
+                if not _skipped(Path(rel)):
+                    others.append(rel)
+                continue
+            target = dest.joinpath(*parts)
+            if not target.resolve().is_relative_to(dest):
+                others.append(f"{rel} (refused: outside the folder)")
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            cap = min(MAX_BYTES + 1, MAX_ZIP_BYTES - total)
+            written = 0
+            try:
+                with zf.open(info) as src, open(target, "wb") as out:
+                    while written < cap:
+                        chunk = src.read(min(2**20, cap - written))
+                        if not chunk:
+                            break
+                        out.write(chunk)
+                        written += len(chunk)
+            except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
+                target.write_bytes(b"")   # read as an empty file: a problem naming the file
+                others.append(f"{rel} (damaged in the zip: {exc})")
+            total += written
+            if total >= MAX_ZIP_BYTES:
+                raise ZipError(f"{zip_path}: unpacks to more than {MAX_ZIP_BYTES // 2**30} GiB")
+            extracted.append(rel)
+    return extracted, others
+
+
+def ingest(path: str | Path, lab_number: int, *, extract_to: str | Path | None = None) -> Batch:
+    """Read every notebook under ``path``: a folder, one ``.ipynb`` file, or a ``.zip``
+    (Moodle's "Download all submissions", extracted into ``extract_to`` or a temporary folder
+    removed when the process ends)."""
     root = Path(path).resolve()
     if not root.exists():
         raise FileNotFoundError(f"{path}: no such folder")
+    if root.is_file() and (root.suffix.lower() == ".zip" or zipfile.is_zipfile(root)):
+        if extract_to is None:
+            dest = Path(tempfile.mkdtemp(prefix="grader-moodle-"))
+            atexit.register(shutil.rmtree, dest, ignore_errors=True)
+        else:
+            dest = Path(extract_to)
+            dest.mkdir(parents=True, exist_ok=True)
+        _, others = extract_zip(root, dest)
+        batch = ingest(dest, lab_number)
+        batch.ignored = sorted(set(batch.ignored) | set(others))
+        batch.source = root
+        return batch
     if root.is_file():
         files, ignored, base = [root], [], root.parent
     else:
@@ -389,6 +486,9 @@ def ingest(path: str | Path, lab_number: int) -> Batch:
     subs = [read_submission(p, p.relative_to(base).as_posix(), lab_number) for p in files]
     batch = Batch(root=root, lab_number=lab_number, submissions=subs, ignored=ignored)
     _flag_identical(batch)
+    from .moodle import flag_claims
+
+    flag_claims(batch)
     return batch
 
 
