@@ -42,7 +42,7 @@ test: install data
 	$(VENV)/bin/pytest
 
 demo: install data
-	$(PY) -m reference.bench --profile quick --json bench-quick.json
+	$(VENV)/bin/grader demo --out demo-out
 
 bench: install data
 	$(PY) -m reference.bench --profile quick --json bench-quick.json

@@ -197,6 +197,34 @@ def check_cmd(notebook, lab, no_run, data_dir, sandbox) -> None:
     sys.exit(code)
 
 
+@main.command("demo")
+@click.option("--out", default="demo-out", show_default=True, type=click.Path(file_okay=False),
+              help="Where the sample class and everything graded from it go.")
+@click.option("-j", "--jobs", type=int, default=None, help="Notebooks at a time [default: cores].")
+@click.option("--timeout", type=float, default=180, show_default=True,
+              help="Seconds per notebook (one group never finishes).")
+@click.option("--data-dir", default=None,
+              help="PhysioNet data [default: $GRADER_DATA, else fetched into the user cache].")
+def demo_cmd(out, jobs, timeout, data_dir) -> None:
+    """Build a sample class (a Moodle zip and worksheet) from the reference solution
+    and grade it end to end: PDFs, grades.csv, the Moodle worksheet and feedback zip."""
+    from reference.paths import data_dir as resolve_data_dir
+
+    from .demo import demo
+
+    folder = resolve_data_dir(data_dir)
+    if not (folder / "afdb" / "RECORDS").exists() or not (folder / "gaitndd" / "RECORDS").exists():
+        from reference.fetch import FetchError, fetch
+
+        click.echo(f"no PhysioNet data in {folder}: fetching it")
+        try:
+            fetch(data_dir=folder)
+        except FetchError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+    demo(out, jobs=jobs, timeout=timeout, data_dir=folder)
+
+
 from .moodle_cli import moodle  # noqa: E402  (the `grader moodle` group)
 
 main.add_command(moodle)

@@ -123,8 +123,8 @@ def write_grades_csv(path: Path, assignment: Assignment, rows: list[dict]) -> No
             if r["evidence"].get("message"):
                 status += f": {r['evidence']['message']}"
             w.writerow([sub["group_key"], "; ".join(sub["members"] or sub.get("family_names", [])),
-                        sub["file"], status, f"{res.total:g}", f"{res.max:g}",
-                        *[f"{points.get(q, 0):g}" for q in qids], "; ".join(sub["flags"])])
+                        sub["file"], status, f"{round(res.total, 2):g}", f"{res.max:g}",
+                        *[f"{round(points.get(q, 0), 2):g}" for q in qids], "; ".join(sub["flags"])])
 
 
 def _repo_git(path: Path) -> list[Path]:
@@ -208,15 +208,21 @@ def grade(submissions: str | Path, lab: str | Path, out: str | Path, *, jobs: in
 
 
 def _summary(console, rows: list[dict], out: Path) -> None:
+    """One line per group (members who uploaded the same notebook count once)."""
     from rich.table import Table
 
     table = Table(title="grades")
-    for col in ("group", "file", "status", "points"):
-        table.add_column(col, justify="right" if col == "points" else "left")
+    for col in ("group", "members", "uploads", "status", "points"):
+        table.add_column(col, justify="right" if col in ("uploads", "points") else "left",
+                         overflow="fold")
+    seen: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
+        seen.setdefault((r["submission"]["group_key"], r["submission"]["sha256"]), []).append(r)
+    for (group, _), same in sorted(seen.items()):
+        r = same[0]
         sub, res = r["submission"], r["result"]
-        table.add_row(sub["group_key"], sub["file"], str(r["evidence"].get("status")),
-                      f"{res.total:g} / {res.max:g}")
+        table.add_row(group, ", ".join(sub["members"]) or "(group cell empty)", str(len(same)),
+                      str(r["evidence"].get("status")), f"{res.total:.2f} / {res.max:g}")
     console.print(table)
     console.print(f"grades: {out / 'grades.csv'}; executed notebooks: {out / 'executed'}; "
                   f"store: {out / 'grader.db'}")
