@@ -477,4 +477,23 @@ def collect(result: "ExecutionResult", workdir: str | os.PathLike,
             # Never trust the paths the kernel wrote: the grader knows where they go.
             ev["models"][var] = {"state": str(root / MODELS_DIR / f"{var}.pt"),
                                  "config": str(root / MODELS_DIR / f"{var}.json")}
+    if not ev["message"] and result.status in ("ok", "errors"):
+        ev["message"] = _notes(ev) or None
     return ev
+
+
+def _notes(ev: dict[str, Any]) -> str:
+    """What a run that finished still got wrong, in one line: answers refused, models
+    not exported, no evidence at all."""
+    notes = []
+    if ev.get("evidence_error"):
+        notes.append(ev["evidence_error"])
+    for var, v in ev.get("answers", {}).items():
+        if isinstance(v, dict) and "refused" in v:
+            why = f" ({v['why']})" if v.get("why") else ""
+            notes.append(f"answer {var!r} refused: a {v['refused']}, not a plain value{why}")
+    for var, m in ev.get("models", {}).items():
+        if "error" in m and m["error"] != ev.get("evidence_error"):
+            notes.append(f"model {var!r} not exported: {m['error']}")
+    text = "; ".join(notes)
+    return text if len(text) <= 500 else text[:499] + "…"

@@ -759,8 +759,22 @@ async def execute_notebook_async(
         startup_seconds=None if run.startup_seconds is None else round(run.startup_seconds, 3),
         isolation=description, epilogue_error=run.epilogue_error,
         epilogue_output=run.epilogue_output, truncated_cells=run.truncated,
-        message=run.errors[-1].evalue if run.status in ("dead", "timeout") else None,
+        message=_message(run.status, run.errors),
     )
+
+
+def _message(status: str, errors: list[CellError]) -> str | None:
+    """One line for the grades list: why the run stopped, or which cells failed."""
+    if status in ("dead", "timeout") and errors:
+        return errors[-1].evalue
+    if status == "errors" and errors:
+        first = errors[0]
+        evalue = " ".join(first.evalue.split())
+        evalue = evalue if len(evalue) <= 160 else evalue[:159] + "…"
+        n = len(errors)
+        return (f"{n} cell{'s' if n > 1 else ''} raised an error; the first, cell "
+                f"{first.cell_index}: {first.ename}: {evalue}").rstrip(": ")
+    return None
 
 
 def execute_notebook(

@@ -108,6 +108,9 @@ def rescore(out: str | Path, lab: str | Path | None = None, manual_csv: str | Pa
             rows.append({"submission": sub, "evidence": evidence, "result": result})
         store.replace_scores(by_submission)
     write_grades_csv(out / "grades.csv", assignment, rows)
+    from .render import render_all
+
+    render_all(rows, assignment, key, out)
     return rows
 
 
@@ -174,7 +177,9 @@ def grade(submissions: str | Path, lab: str | Path, out: str | Path, *, jobs: in
         warm_data_cache(data_dir)
         work_root = Path(tempfile.mkdtemp(prefix="grader-work-"))
         os.chmod(work_root, 0o755)
-        hidden = [assignment.folder, Path(submissions).resolve(), Path(batch.root).resolve(), out,
+        # Every lab's folder, not only this one's: each holds a key and a solution.
+        hidden = [assignment.folder, assignment.folder.parent, Path(submissions).resolve(),
+                  Path(batch.root).resolve(), out,
                   work_root, *_repo_git(assignment.folder)]
         env = {"GRADER_CACHE": str(cache_dir())}
         names = {s.sha256: [x.name for x in batch if x.sha256 == s.sha256] for s in todo}

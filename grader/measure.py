@@ -56,6 +56,11 @@ def measure_models(workdir: str | os.PathLike, assignment, data_dir: str | os.Pa
     keys = [measurement_key(*m) for m in assignment.measurements]
     if not items:
         return {}
+    # No model exported at all: say so without paying for a Python that imports torch.
+    folder = Path(workdir) / MODELS_DIR
+    if not any(os.path.lexists(folder / f"{m[0]}.json") for m in items):
+        return {k: {"error": f"the model {m[0]!r} was not exported (no {MODELS_DIR}/{m[0]}.json)"}
+                for k, m in zip(keys, items)}
     request = {"workdir": str(Path(workdir).resolve()), "items": items}
     n = str(max(1, int(threads)))
     env = {

@@ -379,6 +379,11 @@ def sandbox_command(
             mask(h)
         else:
             cmd.extend(["--ro-bind", "/dev/null", h])
+    # Read-only extras outside the home (a cache under /tmp, say) would be
+    # under the private /tmp or a hidden folder: bind them back on top.
+    for root in [_abs(p) for p in readonly]:
+        if not _within(root, home) and os.path.exists(root):
+            bind("--ro-bind", root)
     bind("--bind", runtime_dir)
     bind("--bind", workdir)
     if data_dir is not None:

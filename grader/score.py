@@ -197,12 +197,13 @@ def _multi(q, a, entry):
 
 def _measured(q, evidence) -> tuple[float | None, str | None]:
     entry = (evidence.get("measurements") or {}).get(measurement_key(q.model, q.task, q.fold))
+    models = evidence.get("models") or {}
+    # Why the kernel could not export the model says more than "no file to measure".
+    export_error = (models.get(q.model) or {}).get("error") if isinstance(models.get(q.model), dict) else None
     if not isinstance(entry, dict):
-        models = evidence.get("models") or {}
-        why = (models.get(q.model) or {}).get("error") if isinstance(models.get(q.model), dict) else None
-        return None, why or f"the grader has no measurement of {q.model!r}"
+        return None, export_error or f"the grader has no measurement of {q.model!r}"
     if "error" in entry:
-        return None, str(entry["error"])
+        return None, str(export_error or entry["error"])
     value = (entry.get("metrics") or {}).get(q.metric)
     if not _is_number(value) or not math.isfinite(value):
         return None, f"the metric {q.metric!r} could not be computed for {q.model!r}"

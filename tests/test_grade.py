@@ -180,3 +180,82 @@ def test_grade_refuses_a_lab_without_key(tiny_lab, tmp_path, physionet):
                                   str(tmp_path / "out"), "--data-dir", str(physionet)])
     assert r.exit_code == 1
     assert "grader calibrate" in r.output
+
+
+def _kernels_under(folder: Path) -> list[str]:
+    """Live processes whose command line names ``folder`` (kernels: ``-f <rt>/k.json``)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(folder).encode() in cmd:
+            found.append(pid)
+    return found
+
+
+def test_killed_in_the_middle_of_a_long_cell_resumes(tiny_lab, tmp_path, physionet):
+    """SIGKILL while a kernel runs a long cell: no kernel survives the grader, the rerun
+    grades each group exactly once, with the grades of an uninterrupted run."""
+    import shutil
+    import tempfile
+
+    subs = tmp_path / "subs"
+    for i in range(4):
+        write(subs, f"k{i}_lab_07.ipynb", notebook(f"answer = {41 + i}", "import time; time.sleep(4)",
+                                                   "ratio = 0.25", group=(f"Student K{i}",)))
+    tmp = Path(tempfile.mkdtemp(prefix="gk-", dir="/tmp"))
+    env = dict(os.environ, TMPDIR=str(tmp))
+
+    def cmd(out: Path) -> list[str]:
+        return [sys.executable, "-m", "grader.cli", "grade", str(subs), "--lab", str(tiny_lab),
+                "--out", str(out), "-j", "1", "--data-dir", str(physionet)]
+
+    try:
+        out = tmp_path / "out"
+        db_path = out / "grader.db"
+        proc = subprocess.Popen(cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=env)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                n = sqlite3.connect(db_path).execute("SELECT COUNT(*) FROM evidence").fetchone()[0]
+            except sqlite3.OperationalError:
+                n = 0
+            if n >= 1:
+                break
+            time.sleep(0.1)
+        time.sleep(2.5)     # the second notebook is now inside its 4 s cell
+        assert _kernels_under(tmp), "no kernel running at the time of the kill"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        time.sleep(1)
+        assert _kernels_under(tmp) == []            # the kernel died with the grader
+        # A SIGKILLed grader cannot remove its temporary folders (work root, the kernel's
+        # runtime dir): they stay; the later runs must add none.
+        left_by_kill = set(tmp.iterdir())
+        db = sqlite3.connect(db_path)
+        done = dict(db.execute("SELECT sha256, finished_at FROM evidence"))
+        assert 1 <= len(done) < 4
+
+        r = subprocess.run(cmd(out), capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stderr
+        assert f"{len(done)} already graded" in r.stderr
+        db = sqlite3.connect(db_path)
+        assert db.execute("SELECT COUNT(*) FROM evidence").fetchone()[0] == 4
+        assert db.execute("SELECT COUNT(*) FROM submissions").fetchone()[0] == 4
+        for sha, finished in done.items():
+            assert db.execute("SELECT finished_at FROM evidence WHERE sha256 = ?",
+                              (sha,)).fetchone()[0] == finished
+
+        whole = tmp_path / "whole"
+        r = subprocess.run(cmd(whole), capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stderr
+        resumed, uninterrupted = grades(out), grades(whole)
+        strip = lambda g: {f: {k: v for k, v in row.items()} for f, row in g.items()}
+        assert strip(resumed) == strip(uninterrupted)
+        assert [resumed[f"k{i}_lab_07.ipynb"]["total"] for i in range(4)] == ["1", "3", "1", "1"]
+        assert _kernels_under(tmp) == [] and set(tmp.iterdir()) == left_by_kill
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
