@@ -182,9 +182,9 @@ def grade(submissions: str | Path, lab: str | Path, out: str | Path, *, jobs: in
                   Path(batch.root).resolve(), out,
                   work_root, *_repo_git(assignment.folder)]
         env = {"GRADER_CACHE": str(cache_dir())}
-        names = {s.sha256: [x.name for x in batch if x.sha256 == s.sha256] for s in todo}
+        by_hash = batch.by_hash()
         try:
-            with Progress(TextColumn("[bold]grading"), BarColumn(), MofNCompleteColumn(),
+            with Store(out / "grader.db") as store, Progress(TextColumn("[bold]grading"), BarColumn(), MofNCompleteColumn(),
                           TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                           console=console, transient=False) as bar, \
                     ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -197,11 +197,10 @@ def grade(submissions: str | Path, lab: str | Path, out: str | Path, *, jobs: in
                 for fut in as_completed(futures):
                     s = futures[fut]
                     evidence = fut.result()
-                    with Store(out / "grader.db") as store:
-                        store.put_evidence(s.sha256, evidence)
+                    store.put_evidence(s.sha256, evidence)  # committed at once: resumable
                     status = evidence.get("status")
                     colour = {"ok": "green", "errors": "yellow"}.get(status, "red")
-                    bar.console.print(f"  [{colour}]{status:8s}[/] {', '.join(names[s.sha256])} "
+                    bar.console.print(f"  [{colour}]{status:8s}[/] {', '.join(x.name for x in by_hash[s.sha256])} "
                                       f"({evidence.get('seconds') or 0:.0f} s)")
                     bar.advance(task)
         finally:
