@@ -141,8 +141,8 @@ def build_key(assignment: Assignment, runs: list[dict], profile: str,
 
 
 def calibrate(folder: str | Path, seeds: int = 3, profile: str = "quick", jobs: int = 2,
-              data_dir=None, sandbox: str = "auto", log=print) -> dict:
-    """Run the reference ``seeds`` times and write ``<folder>/key.json``."""
+              data_dir=None, sandbox: str = "auto", log=print, key_path=None) -> dict:
+    """Run the reference ``seeds`` times and write ``<folder>/key.json`` (or ``key_path``)."""
     import torch
     from reference.paths import data_dir as resolve_data_dir
 
@@ -175,8 +175,9 @@ def calibrate(folder: str | Path, seeds: int = 3, profile: str = "quick", jobs: 
         "faults": faults,
         "questions": questions,
     }
-    assignment.key_path.write_text(json.dumps(key, indent=2) + "\n")
-    log(f"wrote {assignment.key_path}")
+    key_path = Path(key_path) if key_path else assignment.key_path
+    key_path.write_text(json.dumps(key, indent=2) + "\n")
+    log(f"wrote {key_path}")
     for f in faults:
         log(f"FAULT: {f}")
     return key
