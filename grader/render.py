@@ -43,7 +43,9 @@ from typing import Any, Iterable, Mapping
 
 from .measure import measurement_key
 
-REPORTS_DIR = Path(__file__).resolve().parent.parent / "reports"
+import reports as _reports
+
+REPORTS_DIR = Path(_reports.__file__).resolve().parent
 
 #: verdict -> (symbol, word): meaning never rests on colour alone.
 VERDICT_LABELS: dict[str, tuple[str, str]] = {
