@@ -5,12 +5,24 @@
 N distinct copies of one small PyTorch notebook (each with its own group, so none is
 deduplicated) are graded against a one-question lab. Prints a table; writes nothing
 outside a temporary folder. A figure to quote, not a test.
+
+With ``--nbgrader``, ``nbgrader autograde`` also runs on the same N notebooks. nbgrader is
+not a dependency of this project: install it in a side venv, e.g.
+
+    python3 -m venv /work/nbg-venv && /work/nbg-venv/bin/pip install nbgrader
+    python benchmarks/grade_bench.py --nbgrader /work/nbg-venv/bin/nbgrader
+
+Its kernels run this interpreter (the one with torch), through a ``python3`` kernelspec put
+first on ``JUPYTER_PATH`` in the temporary folder; the autograded notebooks are checked
+afterwards (every code cell ran, no error output), so a kernel without torch fails the run.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -99,12 +111,150 @@ def rescore_100(lab: Path, out: Path, root: Path) -> float:
     return time.perf_counter() - t
 
 
+class NbgraderError(RuntimeError):
+    """nbgrader is missing, is not nbgrader, or one of its steps failed."""
+
+
+def nbgrader_version(exe: str) -> tuple[str, str]:
+    """The absolute path and version of the nbgrader executable ``exe`` (a path, or a name on
+    PATH), or :class:`NbgraderError`."""
+    found = shutil.which(exe) if os.sep not in exe else None
+    path = Path(found or exe).expanduser().absolute()
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise NbgraderError(f"--nbgrader {exe}: no such executable file (install nbgrader in a "
+                            "side venv: python3 -m venv VENV && VENV/bin/pip install nbgrader, "
+                            "then pass VENV/bin/nbgrader)")
+    try:
+        r = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=120)
+    except OSError as e:
+        raise NbgraderError(f"--nbgrader {exe}: cannot run it: {e}") from None
+    except subprocess.TimeoutExpired:
+        raise NbgraderError(f"--nbgrader {exe}: `--version` did not answer in 120 s") from None
+    m = re.search(r"nbgrader version\s+(\S+)", r.stdout + r.stderr)
+    if r.returncode != 0 or not m:
+        raise NbgraderError(f"--nbgrader {exe}: not an nbgrader executable (`{exe} --version` "
+                            f"exited {r.returncode} and printed no 'nbgrader version': "
+                            f"{(r.stdout + r.stderr).strip()[:120]!r})")
+    return str(path), m.group(1)
+
+
+def _nbg(exe: str, args: list[str], course: Path, env: dict, log: Path) -> None:
+    """Run ``nbgrader ARGS`` in the course folder; its output goes to ``log``."""
+    with log.open("a") as f:
+        f.write(f"$ nbgrader {' '.join(args)}\n")
+        f.flush()
+        r = subprocess.run([exe, *args], cwd=course, env=env, stdout=f, stderr=subprocess.STDOUT)
+    if r.returncode != 0:
+        tail = log.read_text()[-3000:]
+        raise NbgraderError(f"`nbgrader {' '.join(args)}` exited {r.returncode}:\n{tail}")
+
+
+def _has_flag(exe: str, sub: list[str], flag: str, course: Path, env: dict) -> bool:
+    r = subprocess.run([exe, *sub, "--help"], cwd=course, env=env, capture_output=True, text=True)
+    return re.search(rf"^{re.escape(flag)}\b", r.stdout, re.MULTILINE) is not None
+
+
+def nbgrader_autograde(exe: str, lab: Path, subs: Path, root: Path) -> float:
+    """Build an nbgrader course (source, release, submitted/<student>/lab09), time
+    `nbgrader autograde lab09`, then check that every notebook really ran."""
+    from grader.ingest import CONVENTION
+
+    course = root / "nbgrader"
+    (course / "source" / "lab09").mkdir(parents=True)
+    (course / "nbgrader_config.py").write_text(
+        "c = get_config()\n"
+        "c.CourseDirectory.course_id = 'bench'\n"
+        f"c.CourseDirectory.root = {str(course)!r}\n"
+        # the default is 30 s per cell; a loaded machine must not turn into a failed run
+        "c.ExecutePreprocessor.timeout = 600\n")
+    shutil.copy(lab / "lab09.ipynb", course / "source" / "lab09" / "lab09.ipynb")
+    # The kernels nbgrader starts must import torch: a `python3` kernelspec running this
+    # interpreter, found first on JUPYTER_PATH (before the side venv's own ipykernel spec).
+    spec = root / "jupyter" / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (grader venv, bench)", "language": "python"}))
+    # nbgrader runs `alembic` (and its other tools) from PATH: its venv's bin/ goes first.
+    path = os.pathsep.join([str(Path(exe).parent), os.environ.get("PATH", "")])
+    env = dict(os.environ, PATH=path, JUPYTER_PATH=str(root / "jupyter"),
+               JUPYTER_CONFIG_DIR=str(root / "jupyter-config"),  # no ~/.jupyter config
+               JUPYTER_RUNTIME_DIR=str(root / "jupyter-runtime"))
+    env.pop("JUPYTER_DATA_DIR", None)
+    log = root / "nbgrader.log"
+    # nbgrader >= 0.6 adds the assignment to the db by itself; adding it first works with all.
+    _nbg(exe, ["db", "assignment", "add", "lab09"], course, env, log)
+    _nbg(exe, ["generate_assignment", "lab09"], course, env, log)
+    students = []
+    for p in sorted(subs.glob("*.ipynb")):
+        m = CONVENTION.match(p.name)
+        student = m.group("names") if m else re.sub(r"[^A-Za-z0-9_-]", "_", p.stem)
+        dest = course / "submitted" / student / "lab09"
+        dest.mkdir(parents=True)
+        shutil.copy(p, dest / "lab09.ipynb")
+        students.append(student)
+    args = ["autograde", "lab09"]
+    if _has_flag(exe, ["autograde"], "--create", course, env):
+        args.append("--create")  # deprecated (the default) since nbgrader 0.6, kept for older ones
+    t = time.perf_counter()
+    _nbg(exe, args, course, env, log)
+    elapsed = time.perf_counter() - t
+    # Check it really executed the notebooks, with torch: no error, every code cell ran.
+    for student in students:
+        out = course / "autograded" / student / "lab09" / "lab09.ipynb"
+        if not out.is_file():
+            raise NbgraderError(f"nbgrader autograde wrote no {out}; "
+                                f"log:\n{log.read_text()[-3000:]}")
+        nb = nbformat.read(out, as_version=4)
+        for i, cell in enumerate(nb.cells):
+            if cell.cell_type != "code":
+                continue
+            errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+            if errors:
+                e = errors[0]
+                raise NbgraderError(f"nbgrader's kernel failed in {out}, cell {i}: "
+                                    f"{e.get('ename')}: {e.get('evalue')}")
+            if cell.get("execution_count") is None:
+                raise NbgraderError(f"nbgrader did not execute {out}, cell {i}")
+    return elapsed
+
+
+def machine() -> str:
+    """Cores and CPU model (from /proc/cpuinfo where there is one)."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = f"{os.cpu_count()} cores" + (f" ({usable} usable)" if usable != os.cpu_count() else "")
+    return f"{cores}, {model}, {platform.system()} {platform.release()}"
+
+
+def versions(nbgrader: str | None) -> str:
+    import nbclient
+    import torch
+
+    out = (f"python {platform.python_version()}, torch {torch.__version__}, "
+           f"nbclient {nbclient.__version__}")
+    return out + (f", nbgrader {nbgrader}" if nbgrader else "")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-n", type=int, default=8)
     ap.add_argument("--sandbox", default="auto")
     ap.add_argument("--nbgrader", default=None, help="an nbgrader executable in a side venv (optional)")
     args = ap.parse_args()
+    nbg_exe = nbg_version = None
+    if args.nbgrader:
+        try:  # before the other benches: fail fast on a wrong path
+            nbg_exe, nbg_version = nbgrader_version(args.nbgrader)
+        except NbgraderError as e:
+            ap.error(str(e))
     root = Path(tempfile.mkdtemp(prefix="grade-bench-"))
     try:
         lab, subs = make(root, args.n)
@@ -112,9 +262,16 @@ def main() -> int:
         rows.append(("grader grade -j 1", grade_cli(lab, subs, root / "out1", 1, args.sandbox) / args.n))
         rows.append(("grader grade -j 2", grade_cli(lab, subs, root / "out2", 2, args.sandbox) / args.n))
         rows.append(("grader rescore, 100 groups (s in all)", rescore_100(lab, root / "out2", root)))
-        if args.nbgrader:
-            rows.append(("nbgrader autograde", float("nan")))  # see README: run by hand
-        print(f"{args.n} notebooks, {os.cpu_count()} cores, sandbox {args.sandbox}")
+        if nbg_exe:
+            try:
+                sec = nbgrader_autograde(nbg_exe, lab, subs, root)
+            except NbgraderError as e:
+                print(f"grade_bench: nbgrader: {e}", file=sys.stderr)
+                return 1
+            rows.append(("nbgrader autograde (sequential)", sec / args.n))
+        print(f"machine: {machine()}")
+        print(f"versions: {versions(nbg_version)}")
+        print(f"{args.n} notebooks, sandbox {args.sandbox}")
         print(f"{'what':45s} {'s per notebook':>15s}")
         for name, v in rows:
             print(f"{name:45s} {v:15.2f}")

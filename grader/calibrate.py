@@ -33,7 +33,7 @@ from .assignment import Assignment, load_assignment
 from .evidence import collect, decode_value, epilogue_code
 from .execute import execute_notebook
 from .measure import measure_models, measurement_key
-from .sandbox import Limits, resolve
+from .sandbox import Limits, gpu_for_worker, nvidia_devices, resolve, visible_gpus
 
 #: Full credit from the lowest reference value less this margin (the profile's spread
 #: across seeds adds to it).
@@ -62,8 +62,14 @@ def chance_level(task: str, metric: str, fold: int = 0, data_dir=None) -> float:
     return 1.0 / w.n_classes
 
 
-def run_reference(assignment: Assignment, seed: int, data_dir: Path, isolation, threads: int = 1) -> dict:
-    """One run of the source notebook with ``LAB_SEED=seed``: its evidence and measurements."""
+def run_reference(assignment: Assignment, seed: int, data_dir: Path, isolation, threads: int = 1,
+                  gpus: list[str] | None = None) -> dict:
+    """One run of the source notebook with ``LAB_SEED=seed``: its evidence and measurements.
+
+    With ``gpus``, the run gets GPU ``seed mod len(gpus)`` (and the NVIDIA device nodes,
+    which a bwrap sandbox otherwise hides)."""
+    gpu = gpu_for_worker(seed, gpus or [])
+    env = {"LAB_SEED": str(seed), **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})}
     work = Path(tempfile.mkdtemp(prefix=f"calib-{seed}-"))
     os.chmod(work, 0o755)
     try:
@@ -72,7 +78,8 @@ def run_reference(assignment: Assignment, seed: int, data_dir: Path, isolation, 
             assignment.notebook_path, workdir=work, isolation=isolation, data_dir=data_dir,
             limits=Limits(cell_timeout=lim.cell_timeout, notebook_timeout=lim.notebook_timeout,
                           memory=lim.memory, max_processes=lim.max_processes),
-            env={"LAB_SEED": str(seed)}, epilogue=epilogue_code(assignment), threads=threads)
+            env=env, epilogue=epilogue_code(assignment), threads=threads,
+            devices=nvidia_devices() if gpu is not None else ())
         if result.status != "ok":
             first = result.errors[0] if result.errors else None
             where = f" (cell {first.cell_index}: {first.ename}: {first.evalue})" if first else ""
@@ -155,7 +162,8 @@ def calibrate(folder: str | Path, seeds: int = 3, profile: str = "quick", jobs: 
     log(f"calibrating {assignment.folder} with {seeds} seed(s), {jobs} at a time, "
         f"isolation {isolation.mode}")
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        runs = list(pool.map(lambda s: run_reference(assignment, s, data_dir, isolation, threads),
+        gpus = visible_gpus()
+        runs = list(pool.map(lambda s: run_reference(assignment, s, data_dir, isolation, threads, gpus),
                              range(seeds)))
     for s, r in enumerate(runs):
         log(f"  seed {s}: {r['seconds']:.0f} s")

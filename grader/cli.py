@@ -64,13 +64,15 @@ def release_cmd(lab: str, out: str) -> None:
 @click.option("--data-dir", default=None, help="PhysioNet data (default: $GRADER_DATA).")
 @click.option("--sandbox", type=click.Choice(["auto", "bwrap", "unshare", "none"]), default="auto",
               show_default=True)
-def calibrate_cmd(lab, seeds, profile, jobs, data_dir, sandbox) -> None:
+@click.option("--key-out", type=click.Path(dir_okay=False), default=None,
+              help="Write the key here instead of LAB/key.json (e.g. to compare a GPU calibration).")
+def calibrate_cmd(lab, seeds, profile, jobs, data_dir, sandbox, key_out) -> None:
     """Run the reference solution of LAB with several seeds and write its key.json."""
     from .calibrate import CalibrationError, calibrate
 
     try:
         key = calibrate(lab, seeds=seeds, profile=profile, jobs=jobs, data_dir=data_dir,
-                        sandbox=sandbox, log=click.echo)
+                        sandbox=sandbox, log=click.echo, key_path=key_out)
     except CalibrationError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
@@ -92,11 +94,17 @@ def calibrate_cmd(lab, seeds, profile, jobs, data_dir, sandbox) -> None:
 @click.option("--manual", "manual_csv", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Instructor's CSV: group,question,points,comment.")
 @click.option("--data-dir", default=None, help="PhysioNet data (default: $GRADER_DATA).")
-def grade_cmd(submissions, lab, out, jobs, timeout, memory, sandbox, manual_csv, data_dir) -> None:
+@click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
+              help="Run the notebooks on the workers of this Dask scheduler (pip install "
+                   "'grader[dask]'); -j is then ignored: each worker's --nthreads decides. "
+                   "The store, resume and rescore stay here.")
+def grade_cmd(submissions, lab, out, jobs, timeout, memory, sandbox, manual_csv, data_dir,
+              scheduler) -> None:
     """Grade every notebook under SUBMISSIONS (a folder, or Moodle's "Download all
     submissions" zip). Run it again after an interruption: what was graded is kept,
     the rest runs."""
     from .assignment import SpecError, parse_size
+    from .cluster import ClusterError
     from .grade import grade
     from .sandbox import SandboxUnavailable
     from .store import StoreError
@@ -104,8 +112,9 @@ def grade_cmd(submissions, lab, out, jobs, timeout, memory, sandbox, manual_csv,
     try:
         grade(submissions, lab, out, jobs=jobs, timeout=timeout,
               memory=parse_size(memory, "--memory") if memory else None, sandbox=sandbox,
-              manual_csv=manual_csv, data_dir=data_dir)
-    except (SpecError, SandboxUnavailable, StoreError, ValueError, FileNotFoundError) as exc:
+              manual_csv=manual_csv, data_dir=data_dir, scheduler=scheduler)
+    except (SpecError, SandboxUnavailable, StoreError, ClusterError, ValueError,
+            FileNotFoundError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
 

@@ -96,6 +96,10 @@ log = logging.getLogger(__name__)
 
 MISSING_DASK = "grading on a cluster needs the dask extra: pip install 'grader[dask]'"
 
+
+class ClusterError(RuntimeError):
+    """The cluster cannot be used: no dask installed, a bad or unreachable scheduler."""
+
 #: Strength of the sandboxes: a worker may not run a weaker one than the instructor's.
 _STRENGTH = {"none": 0, "unshare": 1, "bwrap": 2}
 
@@ -228,11 +232,9 @@ def remote_run(fn: Callable[..., dict], name: str, notebook: bytes, kwargs: dict
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _probe_worker(sandbox: str) -> dict:
+def _probe_worker(sandbox: str, instructor_data: str | None = None) -> dict:
     """What one worker offers: grader version, sandbox, data, GPUs (see workers())."""
     from importlib.metadata import PackageNotFoundError, version
-
-    from reference.paths import data_dir
 
     from .sandbox import resolve
 
@@ -247,7 +249,7 @@ def _probe_worker(sandbox: str) -> dict:
         info.update(sandbox=iso.mode, degraded=iso.degraded, isolation=iso.description)
     except Exception as exc:
         info.update(sandbox=None, degraded=True, isolation=f"{type(exc).__name__}: {exc}")
-    d = data_dir(None)
+    d = _worker_data_dir(instructor_data)  # as remote_run will find it
     info["data"] = str(d) if (d / "afdb" / "RECORDS").exists() else None
     return info
 
@@ -308,17 +310,31 @@ class ClusterExecutor:
     ``address``: ``tcp://HOST:PORT`` of a running scheduler (or a Dask cluster
     object, e.g. a ``LocalCluster``). ``threads``: kernel threads per notebook
     (default: the worker's cores // its ``--nthreads``).
-    ``timeout``: seconds to wait for the scheduler.
+    ``timeout``: seconds to wait for the scheduler (default: Dask's
+    ``distributed.comm.timeouts.connect``, 30 s).
+
+    Raises :class:`ClusterError` for a malformed or unreachable address (naming it),
+    ``ImportError`` (:data:`MISSING_DASK`) without the dask extra.
 
     ``submit(fn, nb_path, **kwargs)`` needs ``fn`` with the signature of
     :func:`grader.grade.run_one`, importable or picklable on the workers; the
     worker calls it with worker-local paths (see the module doc).
     """
 
-    def __init__(self, address, *, threads: int | None = None, timeout: float = 30):
+    def __init__(self, address, *, threads: int | None = None, timeout: float | None = None):
         distributed = _distributed()
         self.threads = threads
-        self.client = distributed.Client(address, timeout=timeout, set_as_default=False)
+        if isinstance(address, str):
+            try:  # before Client(): a malformed address would leave a half-made client
+                distributed.comm.get_address_host_port(address)
+            except ValueError as exc:
+                raise ClusterError(f"--scheduler {address!r}: {exc} "
+                                   "(expected tcp://HOST:PORT)") from exc
+        extra = {} if timeout is None else {"timeout": timeout}
+        try:
+            self.client = distributed.Client(address, set_as_default=False, **extra)
+        except OSError as exc:  # refused, unknown host, timed out
+            raise ClusterError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
 
     # -- the pool interface grade() uses -------------------------------------------------
     def submit(self, fn: Callable[..., dict], nb_path, /, **kwargs) -> ClusterFuture:
@@ -345,9 +361,46 @@ class ClusterExecutor:
         self.shutdown()
 
     # -- what grade() may print ----------------------------------------------------------
-    def workers(self, sandbox: str = "auto") -> dict[str, dict]:
-        """Per worker: grader version, resolved sandbox, data folder (None: missing), GPUs."""
-        return self.client.run(_probe_worker, sandbox)
+    def workers(self, sandbox: str = "auto", data_dir=None) -> dict[str, dict]:
+        """Per worker: grader version, resolved sandbox, data folder (None: missing), GPUs.
+
+        ``data_dir``: the instructor's data folder, which a worker without
+        ``GRADER_DATA`` uses when the same path exists there.
+        """
+        return self.client.run(_probe_worker, sandbox, str(data_dir) if data_dir else None)
+
+    def warnings(self, isolation, data_dir=None) -> list[str]:
+        """What is wrong with the workers, one line each (empty: nothing).
+
+        ``isolation``: the instructor's resolved sandbox; a worker with a weaker one
+        would turn every notebook it gets into a grader error.
+        """
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            mine = version("grader")
+        except PackageNotFoundError:
+            mine = None
+        try:
+            info = self.workers(isolation.requested or "auto", data_dir)
+        except Exception as exc:  # e.g. grader not importable on a worker
+            return [f"cannot probe the workers ({type(exc).__name__}: {exc}); is grader "
+                    "installed on them?"]
+        if not info:
+            return ["no worker has joined the scheduler yet: the notebooks wait until one does"]
+        out = []
+        for addr, w in sorted(info.items()):
+            if w.get("grader") != mine:
+                out.append(f"worker {addr}: grader {w.get('grader')}, here {mine}")
+            if not w.get("data"):
+                out.append(f"worker {addr}: no PhysioNet data (set GRADER_DATA there)")
+            mode = w.get("sandbox")
+            if mode is None or _STRENGTH[mode] < _STRENGTH[isolation.mode]:
+                out.append(f"worker {addr}: sandbox {mode!r} is weaker than {isolation.mode!r} "
+                           f"here ({w.get('isolation')}); its notebooks become grader errors")
+            elif w.get("degraded"):
+                out.append(f"worker {addr}: {w.get('isolation')}")
+        return out
 
     def describe(self) -> str:
         info = self.client.scheduler_info()

@@ -17,6 +17,10 @@ Example::
                               data_dir="../shared/data", hidden=["assignments/lab01"])
     print(result.status, [e.ename for e in result.errors])
 
+A kernel can also be started ahead with :func:`start_kernel` and handed to
+``execute_notebook(nb, kernel=...)`` later, so that its start-up (Python,
+ipykernel, the sandbox) overlaps other work, as ``grader grade`` does.
+
 The kernel talks to the grader over Unix sockets (``transport="ipc"``) in a
 private runtime folder bound into the sandbox: with no network namespace, the
 usual TCP ports on 127.0.0.1 are unreachable from inside.
@@ -528,26 +532,165 @@ class GraderClient(NotebookClient):
 # Imperative shell
 # --------------------------------------------------------------------------
 
-class _Run:
-    """One execution: kernel start, cells, epilogue, kill."""
+@dataclass(eq=False)
+class Kernel:
+    """A sandboxed kernel started by :func:`start_kernel`, waiting for its notebook.
 
-    def __init__(self, nb: NotebookNode, *, workdir: Path, runtime_dir: Path, limits: Limits,
-                 isolation: Isolation, env: dict[str, str], argv_wrap, kernel_name: str,
-                 epilogue: str | None):
-        self.nb, self.workdir, self.rt = nb, workdir, runtime_dir
-        self.limits, self.isolation, self.epilogue = limits, isolation, epilogue
-        self.env = env
-        self.km = SandboxedKernelManager(
+    Its sandbox, work dir, limits and environment were fixed at launch (the
+    work dir is bound into the sandbox then).  ``execute_notebook(nb,
+    kernel=k)`` runs one notebook on it and shuts it down; a kernel never
+    used must get :meth:`shutdown`, which kills its process group and removes
+    its runtime dir (idempotent).  ``error``: why it could not be launched
+    (the notebook run on it then gets ``dead``).  One use only.
+
+    The sandbox dies with the *thread* that started it (bwrap's
+    ``--die-with-parent`` is ``PR_SET_PDEATHSIG``): start a kernel in the
+    thread that will run its notebook.
+    """
+
+    workdir: Path
+    runtime_dir: Path
+    limits: Limits
+    isolation: Isolation
+    description: str = ""
+    km: SandboxedKernelManager | None = None
+    error: str | None = None
+    used: bool = False
+
+    @property
+    def log_path(self) -> Path:
+        return self.runtime_dir / "kernel.log"
+
+    async def shutdown_async(self) -> None:
+        """Kill the kernel (no graceful shutdown: it costs seconds) and free
+        the sockets; the sandbox's PID namespace takes its children along."""
+        km, self.km = self.km, None
+        if km is not None:
+            try:
+                await km.shutdown_kernel(now=True)
+            except Exception:
+                log.debug("shutdown_kernel failed", exc_info=True)
+                try:
+                    await km.cleanup_resources()
+                except Exception:  # pragma: no cover - best effort
+                    log.debug("cleanup_resources failed", exc_info=True)
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+    def shutdown(self) -> None:
+        """:meth:`shutdown_async` from synchronous code (no event loop running)."""
+        asyncio.run(self.shutdown_async())
+
+
+async def start_kernel_async(
+    *,
+    workdir: str | os.PathLike,
+    limits: Limits | None = None,
+    isolation: Isolation | None = None,
+    data_dir: str | os.PathLike | None = None,
+    hidden: Iterable[str | os.PathLike] = (),
+    readonly: Iterable[str | os.PathLike] = (),
+    env: Mapping[str, str] | None = None,
+    kernel_name: str = "python3",
+    threads: int = 1,
+    devices: Iterable[str | os.PathLike] = (),
+) -> Kernel:
+    """The coroutine behind :func:`start_kernel` (same arguments)."""
+    limits = limits or Limits()
+    isolation = isolation or resolve("auto")
+    hidden = [os.fspath(h) for h in hidden]
+    devices = [os.fspath(d) for d in devices]
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    # Short path under /tmp: the kernel's Unix sockets live here.
+    rt = Path(tempfile.mkdtemp(prefix="grader-"))
+    kernel = Kernel(workdir, rt, limits, isolation)
+    try:
+        os.chmod(rt, 0o755)
+        for sub in ("tmp", "mpl", "ipython", "cache", "config"):
+            (rt / sub).mkdir()
+        isolation.grant(workdir, rt)
+        kenv = kernel_env(workdir=workdir, runtime_dir=rt, data_dir=data_dir, threads=threads,
+                          extra=env)
+        kernel.description = isolation.describe(limits, hidden, devices)
+        if kenv.get("CUDA_VISIBLE_DEVICES"):
+            kernel.description += f"; CUDA_VISIBLE_DEVICES={kenv['CUDA_VISIBLE_DEVICES']}"
+
+        def wrap(argv: list[str]) -> list[str]:
+            return isolation.command(argv, workdir=workdir, runtime_dir=rt, limits=limits,
+                                     hidden=hidden, data_dir=data_dir, readonly=readonly,
+                                     devices=devices)
+
+        km = SandboxedKernelManager(
             kernel_name=kernel_name, transport="ipc",
-            connection_file=str(runtime_dir / "k.json"),  # short: Unix socket paths max 107 bytes
-            wrap=argv_wrap, owner=isolation.uid, log=_nbclient_log,
+            connection_file=str(rt / "k.json"),  # short: Unix socket paths max 107 bytes
+            wrap=wrap, owner=isolation.uid, log=_nbclient_log,
         )
-        self.km.kernel_spec  # an unknown kernel_name is the grader's bug: raise NoSuchKernel now
+        km.kernel_spec  # an unknown kernel_name is the grader's bug: raise NoSuchKernel now
+        kernel.km = km
+        try:
+            with open(kernel.log_path, "wb") as kernel_log:
+                # The kernel's own stdout/stderr go to a file, not to the
+                # grader's terminal (C libraries write there directly).
+                await km.start_kernel(
+                    cwd=str(workdir), env=kenv, stdout=kernel_log, stderr=kernel_log,
+                    extra_arguments=["--HistoryManager.hist_file=:memory:"],
+                )
+        except Exception as exc:  # sandbox refused, bwrap missing, ...
+            kernel.error = str(exc)
+            log.debug("kernel did not start in %s: %s", workdir, exc)
+    except BaseException:
+        await kernel.shutdown_async()
+        raise
+    return kernel
+
+
+def start_kernel(
+    *,
+    workdir: str | os.PathLike,
+    limits: Limits | None = None,
+    isolation: Isolation | None = None,
+    data_dir: str | os.PathLike | None = None,
+    hidden: Iterable[str | os.PathLike] = (),
+    readonly: Iterable[str | os.PathLike] = (),
+    env: Mapping[str, str] | None = None,
+    kernel_name: str = "python3",
+    threads: int = 1,
+    devices: Iterable[str | os.PathLike] = (),
+) -> Kernel:
+    """Launch a sandboxed kernel for a notebook to come, without waiting for it.
+
+    Returns at once (the sandboxed Python boots in its own process, while the
+    caller does other work); :func:`execute_notebook` with ``kernel=`` waits
+    for it to be ready, runs the notebook and shuts it down.  The arguments
+    are :func:`execute_notebook`'s launch arguments; ``workdir`` should be
+    fresh and empty, since the kernel sees it from now on.  ``devices``: device
+    nodes to pass into the sandbox (the GPUs, :func:`grader.sandbox.nvidia_devices`).
+
+    Example::
+
+        k = start_kernel(workdir=tmp / "g2", limits=Limits(cell_timeout=60),
+                         isolation=resolve("bwrap"), hidden=[key_dir])
+        ...                                   # run the previous notebook meanwhile
+        r = execute_notebook(nb, kernel=k)    # k is shut down afterwards
+    """
+    return asyncio.run(start_kernel_async(
+        workdir=workdir, limits=limits, isolation=isolation, data_dir=data_dir, hidden=hidden,
+        readonly=readonly, env=env, kernel_name=kernel_name, threads=threads, devices=devices,
+    ))
+
+
+class _Run:
+    """One execution on a started kernel: connect, cells, epilogue, kill."""
+
+    def __init__(self, nb: NotebookNode, kernel: Kernel, epilogue: str | None):
+        self.nb, self.kernel, self.epilogue = nb, kernel, epilogue
+        self.workdir, self.rt = kernel.workdir, kernel.runtime_dir
+        self.limits, self.isolation = kernel.limits, kernel.isolation
         self.client = GraderClient(
-            nb, self.km, budget=OutputBudget(limits.output_cap, limits.cell_output_cap),
+            nb, kernel.km, budget=OutputBudget(self.limits.output_cap, self.limits.cell_output_cap),
             allow_errors=True, timeout_func=self._timeout, shutdown_kernel="immediate",
             startup_timeout=60, record_timing=False, coalesce_streams=False,
-            kernel_name=kernel_name, log=_nbclient_log,
+            kernel_name=kernel.km.kernel_name, log=_nbclient_log,
         )
         self.deadline: float | None = None
         self.in_epilogue = False
@@ -576,16 +719,12 @@ class _Run:
 
     async def run(self) -> None:
         t0 = time.monotonic()
-        log_path = self.rt / "kernel.log"
+        log_path = self.kernel.log_path
         try:
             try:
-                with open(log_path, "wb") as kernel_log:
-                    # The kernel's own stdout/stderr go to a file, not to the
-                    # grader's terminal (C libraries write there directly).
-                    await self.km.start_kernel(
-                        cwd=str(self.workdir), env=self.env, stdout=kernel_log,
-                        stderr=kernel_log, extra_arguments=["--HistoryManager.hist_file=:memory:"],
-                    )
+                if self.kernel.error is not None:
+                    raise RuntimeError(self.kernel.error)
+                # A kernel started ahead is ready by now, or nearly.
                 await self.client.async_start_new_kernel_client()
             except Exception as exc:  # sandbox refused, kernel crashed at import, hung, ...
                 self.status = "dead"
@@ -646,7 +785,7 @@ class _Run:
 
     def _mark_dead(self, index: int, cell: NotebookNode, log_path: Path) -> None:
         self.status = "dead"
-        process = getattr(self.km.provisioner, "process", None)
+        process = getattr(self.kernel.km.provisioner, "process", None)
         code = process.poll() if process is not None else None
         evalue = ("the kernel died while running this cell ("
                   + _exit_description(code, self.isolation.mode != "none") + ")")
@@ -678,22 +817,14 @@ class _Run:
             self.epilogue_output = text[:EPILOGUE_OUTPUT_CAP]
 
     async def _stop(self) -> None:
-        """Kill the kernel (no graceful shutdown: it costs seconds) and free
-        the sockets; the sandbox's PID namespace takes its children along."""
+        """Close the client's channels, then kill the kernel."""
         kc, self.client.kc = self.client.kc, None
         try:
             if kc is not None:
                 kc.stop_channels()
         except Exception:  # pragma: no cover - best effort
             log.debug("stop_channels failed", exc_info=True)
-        try:
-            await self.km.shutdown_kernel(now=True)
-        except Exception:
-            log.debug("shutdown_kernel failed", exc_info=True)
-            try:
-                await self.km.cleanup_resources()
-            except Exception:  # pragma: no cover - best effort
-                log.debug("cleanup_resources failed", exc_info=True)
+        await self.kernel.shutdown_async()
 
     @staticmethod
     def _log_tail(path: Path, n: int = 15) -> str:
@@ -709,7 +840,8 @@ class _Run:
 async def execute_notebook_async(
     nb: NotebookNode | Mapping | str | os.PathLike,
     *,
-    workdir: str | os.PathLike,
+    workdir: str | os.PathLike | None = None,
+    kernel: Kernel | None = None,
     limits: Limits | None = None,
     isolation: Isolation | None = None,
     data_dir: str | os.PathLike | None = None,
@@ -719,45 +851,45 @@ async def execute_notebook_async(
     epilogue: str | None = None,
     kernel_name: str = "python3",
     threads: int = 1,
+    devices: Iterable[str | os.PathLike] = (),
 ) -> ExecutionResult:
     """The coroutine behind :func:`execute_notebook` (same arguments)."""
     t0 = time.monotonic()
-    limits = limits or Limits()
-    isolation = isolation or resolve("auto")
-    hidden = [os.fspath(h) for h in hidden]
-    description = isolation.describe(limits, hidden)
+    if kernel is None and workdir is None:
+        raise TypeError("execute_notebook needs workdir= or kernel=")
+    if kernel is not None:
+        if kernel.used:
+            raise ValueError("this kernel already ran a notebook")
+        if workdir is not None and Path(workdir).resolve() != kernel.workdir:
+            raise ValueError(f"workdir {workdir} is not the kernel's ({kernel.workdir})")
+        kernel.used = True
     node, problem = load_notebook(nb)
     if node is None:
+        if kernel is not None:
+            description = kernel.description
+            await kernel.shutdown_async()
+        else:
+            description = (isolation or resolve("auto")).describe(
+                limits or Limits(), [os.fspath(h) for h in hidden], devices)
         return ExecutionResult(nbformat.v4.new_notebook(), "invalid", message=problem,
                                isolation=description, seconds=round(time.monotonic() - t0, 3))
     clear_outputs(node)
-
-    workdir = Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    # Short path under /tmp: the kernel's Unix sockets live here.
-    rt = Path(tempfile.mkdtemp(prefix="grader-"))
+    if kernel is None:
+        kernel = await start_kernel_async(
+            workdir=workdir, limits=limits, isolation=isolation, data_dir=data_dir,
+            hidden=hidden, readonly=readonly, env=env, kernel_name=kernel_name,
+            threads=threads, devices=devices)
+        kernel.used = True
     try:
-        os.chmod(rt, 0o755)
-        for sub in ("tmp", "mpl", "ipython", "cache", "config"):
-            (rt / sub).mkdir()
-        isolation.grant(workdir, rt)
-        kenv = kernel_env(workdir=workdir, runtime_dir=rt, data_dir=data_dir, threads=threads,
-                          extra=env)
-
-        def wrap(argv: list[str]) -> list[str]:
-            return isolation.command(argv, workdir=workdir, runtime_dir=rt, limits=limits,
-                                     hidden=hidden, data_dir=data_dir, readonly=readonly)
-
-        run = _Run(node, workdir=workdir, runtime_dir=rt, limits=limits, isolation=isolation,
-                   env=kenv, argv_wrap=wrap, kernel_name=kernel_name, epilogue=epilogue)
+        run = _Run(node, kernel, epilogue)
         await run.run()
     finally:
-        shutil.rmtree(rt, ignore_errors=True)
+        await kernel.shutdown_async()  # a no-op after the run's own stop
     return ExecutionResult(
         notebook=node, status=run.status, errors=run.errors, cell_seconds=run.cell_seconds,
         seconds=round(time.monotonic() - t0, 3),
         startup_seconds=None if run.startup_seconds is None else round(run.startup_seconds, 3),
-        isolation=description, epilogue_error=run.epilogue_error,
+        isolation=kernel.description, epilogue_error=run.epilogue_error,
         epilogue_output=run.epilogue_output, truncated_cells=run.truncated,
         message=_message(run.status, run.errors),
     )
@@ -780,7 +912,8 @@ def _message(status: str, errors: list[CellError]) -> str | None:
 def execute_notebook(
     nb: NotebookNode | Mapping | str | os.PathLike,
     *,
-    workdir: str | os.PathLike,
+    workdir: str | os.PathLike | None = None,
+    kernel: Kernel | None = None,
     limits: Limits | None = None,
     isolation: Isolation | None = None,
     data_dir: str | os.PathLike | None = None,
@@ -790,6 +923,7 @@ def execute_notebook(
     epilogue: str | None = None,
     kernel_name: str = "python3",
     threads: int = 1,
+    devices: Iterable[str | os.PathLike] = (),
 ) -> ExecutionResult:
     """Run a notebook in a fresh sandboxed kernel and return what happened.
 
@@ -801,10 +935,16 @@ def execute_notebook(
     (the work dir stays reachable inside it).  ``readonly``: extra folders
     under the grader's home to show read-only (the home is hidden).
     ``env``: extra variables for the kernel (its environment is otherwise
-    built from scratch, see :func:`kernel_env`).  ``epilogue``: code run in
-    the same kernel after the cells, unless the kernel timed out or died; its
-    failure goes to ``epilogue_error``, not to ``errors``.  ``threads``:
+    built from scratch, see :func:`kernel_env`).  ``devices``: device nodes
+    passed into the sandbox (GPUs).  ``epilogue``: code run in the same
+    kernel after the cells, unless the kernel timed out or died; its failure
+    goes to ``epilogue_error``, not to ``errors``.  ``threads``:
     OpenMP/MKL/torch threads of the kernel.
+
+    ``kernel``: a kernel from :func:`start_kernel` (started ahead, while
+    something else ran) to use instead of starting one; the launch arguments
+    (``workdir`` to ``threads``, ``devices``) are then the kernel's and those
+    given here are ignored.  Either way the kernel is shut down at the end.
 
     Bad input gives ``status="invalid"``; a failing, hanging or dying
     notebook gives ``errors``/``timeout``/``dead``; none of them raise.
@@ -820,7 +960,7 @@ def execute_notebook(
         assert r.status in ("ok", "errors"), r.errors
     """
     return asyncio.run(execute_notebook_async(
-        nb, workdir=workdir, limits=limits, isolation=isolation, data_dir=data_dir,
-        hidden=hidden, readonly=readonly, env=env, epilogue=epilogue,
-        kernel_name=kernel_name, threads=threads,
+        nb, workdir=workdir, kernel=kernel, limits=limits, isolation=isolation,
+        data_dir=data_dir, hidden=hidden, readonly=readonly, env=env, epilogue=epilogue,
+        kernel_name=kernel_name, threads=threads, devices=devices,
     ))

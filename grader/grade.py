@@ -14,13 +14,17 @@ Example::
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable, Sequence
 
 import nbformat
 
@@ -28,12 +32,18 @@ from reference.paths import cache_dir, data_dir as resolve_data_dir
 
 from .assignment import Assignment, load_assignment
 from .evidence import collect, epilogue_code
-from .execute import execute_notebook
+from .execute import Kernel, execute_notebook, start_kernel
 from .ingest import ingest
 from .measure import measure_models
-from .sandbox import Limits, resolve
+from .sandbox import Limits, gpu_for_worker, nvidia_devices, resolve, visible_gpus
 from .score import score
 from .store import Store, read_manual_csv
+
+log = logging.getLogger(__name__)
+
+#: The work dirs of a run, under the output folder (hidden from kernels); wiped at the
+#: start of each run (a killed run's leftovers) and removed at its end.
+WORK_DIR = ".work"
 
 
 def _limits(assignment: Assignment, timeout: float | None, memory: int | None) -> Limits:
@@ -56,17 +66,44 @@ def warm_data_cache(data_dir: Path) -> Path:
     return cache_dir()
 
 
+def start_in_fresh_workdir(work_root: Path, *, limits: Limits, isolation, data_dir: Path,
+                           hidden: list[Path], threads: int, env: dict[str, str],
+                           devices: Sequence[str] = ()) -> Kernel:
+    """Start a kernel in a new, empty work dir under ``work_root`` (see :func:`start_kernel`)."""
+    work = Path(tempfile.mkdtemp(prefix="sub-", dir=work_root))
+    try:
+        os.chmod(work, 0o755)
+        return start_kernel(workdir=work, limits=limits, isolation=isolation, data_dir=data_dir,
+                            hidden=hidden, env=env, threads=threads, readonly=[cache_dir()],
+                            devices=devices)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
 def run_one(nb_path: Path, *, assignment: Assignment, limits: Limits, isolation, data_dir: Path,
             work_root: Path, hidden: list[Path], executed_dir: Path, threads: int,
-            env: dict[str, str]) -> dict:
-    """Execute one notebook, collect its evidence and measure its models. Never raises."""
-    work = Path(tempfile.mkdtemp(prefix="sub-", dir=work_root))
-    os.chmod(work, 0o755)
+            env: dict[str, str], kernels: KernelPrestart | None = None,
+            devices: Sequence[str] | None = None) -> dict:
+    """Execute one notebook, collect its evidence and measure its models. Never raises.
+
+    ``kernels``: take the kernel this worker thread started ahead (the batch's
+    :class:`KernelPrestart`, which fixed the launch arguments) instead of starting one.
+    ``devices``: device nodes for the kernel; ``None``: this machine's NVIDIA GPUs, unless
+    ``env`` hides them (``CUDA_VISIBLE_DEVICES=""``).
+    """
+    kernel = work = None
     try:
-        result = execute_notebook(nb_path, workdir=work, limits=limits, isolation=isolation,
-                                  data_dir=data_dir, hidden=hidden, env=env,
-                                  epilogue=epilogue_code(assignment), threads=threads,
-                                  readonly=[cache_dir()])
+        if kernels is not None:
+            kernel = kernels.take()
+        else:
+            if devices is None:
+                devices = nvidia_devices() if env.get("CUDA_VISIBLE_DEVICES") != "" else []
+            kernel = start_in_fresh_workdir(work_root, limits=limits, isolation=isolation,
+                                            data_dir=data_dir, hidden=hidden, threads=threads,
+                                            env=env, devices=devices)
+        work = kernel.workdir
+        result = execute_notebook(nb_path, kernel=kernel, epilogue=epilogue_code(assignment))
         evidence = collect(result, work, assignment)
         if result.status in ("ok", "errors") and assignment.measurements:
             evidence["measurements"] = measure_models(work, assignment, data_dir)
@@ -79,7 +116,93 @@ def run_one(nb_path: Path, *, assignment: Assignment, limits: Limits, isolation,
         return {"status": "grader-error", "message": f"{type(exc).__name__}: {exc}",
                 "answers": {}, "texts": {}, "errors": [], "measurements": {}}
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if kernel is not None:
+            kernel.shutdown()  # already done, unless execution itself failed
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+class KernelPrestart:
+    """Per worker thread, one kernel started ahead for the next submission it will take.
+
+    :meth:`take` (called by ``run_one`` in a worker thread) returns the kernel this
+    thread started ahead, or starts one now, then launches the next one, which boots
+    (Python, ipykernel, the sandbox) while the current notebook runs; none when no
+    submission is left for it.  Each kernel gets a fresh, empty work dir, so a spare
+    never sees another group's files.  ``launch(worker)`` starts a kernel for worker
+    number ``worker`` (0, 1, ... in the order the threads first take), e.g. on that
+    worker's GPU.  :meth:`close` (end of the batch, also on error or Ctrl-C) shuts down
+    the spares never used and removes their work dirs; a spare started after it is shut
+    down at once.  Each thread starts its own kernels: a sandbox dies with the thread
+    that started it (``--die-with-parent``).
+
+    Example::
+
+        prestart = KernelPrestart(lambda worker: start_in_fresh_workdir(root, ...), todo=6)
+        try:
+            pool.submit(run_one, path, ..., kernels=prestart)
+        finally:
+            prestart.close()
+    """
+
+    def __init__(self, launch: Callable[[int], Kernel], todo: int):
+        self.launch, self.left = launch, todo
+        self._lock = threading.Lock()
+        # keyed by thread, not thread id: a new thread may reuse a dead one's id
+        self._spares: dict[threading.Thread, Kernel] = {}   # its kernel started ahead
+        self._workers: dict[threading.Thread, int] = {}     # its worker number
+        self._closed = False
+
+    def take(self) -> Kernel:
+        me = threading.current_thread()
+        with self._lock:
+            worker = self._workers.setdefault(me, len(self._workers))
+            kernel = self._spares.pop(me, None)
+            self.left -= 1
+            ahead = not self._closed and self.left > len(self._spares)
+        if kernel is None:
+            kernel = self.launch(worker)
+        if ahead:
+            try:
+                spare = self.launch(worker)
+            except Exception:  # the next take starts one itself
+                log.warning("could not start a kernel ahead", exc_info=True)
+            else:
+                with self._lock:
+                    keep = not self._closed
+                    if keep:
+                        self._spares[me] = spare
+                if not keep:
+                    _discard(spare)
+        return kernel
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            spares, self._spares = list(self._spares.values()), {}
+        for kernel in spares:
+            _discard(kernel)
+
+
+def _discard(kernel: Kernel) -> None:
+    """Shut down a kernel that ran nothing and remove its work dir."""
+    kernel.shutdown()
+    shutil.rmtree(kernel.workdir, ignore_errors=True)
+
+
+def wipe(path: Path) -> None:
+    """Remove ``path`` and everything under it, folders a notebook made unreadable too."""
+    if not os.path.lexists(path):
+        return
+    for root, dirs, _ in os.walk(path):
+        for d in dirs:
+            p = os.path.join(root, d)
+            if not os.path.islink(p):  # never chmod through a student's symlink
+                try:
+                    os.chmod(p, 0o700)
+                except OSError:
+                    pass
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def rescore(out: str | Path, lab: str | Path | None = None, manual_csv: str | Path | None = None) -> list[dict]:
@@ -108,9 +231,15 @@ def rescore(out: str | Path, lab: str | Path | None = None, manual_csv: str | Pa
             rows.append({"submission": sub, "evidence": evidence, "result": result})
         store.replace_scores(by_submission)
     write_grades_csv(out / "grades.csv", assignment, rows)
-    from .render import render_all
+    try:
+        from .render import render_all
 
-    render_all(rows, assignment, key, out)
+        render_all(rows, assignment, key, out)
+    except (ImportError, OSError) as exc:
+        # WeasyPrint without Pango (a headless GPU server, say): the grades stand.
+        log.warning("feedback PDFs not written (%s: %s); grades.csv and %s are complete. "
+                    "Install Pango (apt install libpango-1.0-0 libpangoft2-1.0-0), then run "
+                    "`grader rescore %s`.", type(exc).__name__, exc, out / "grader.db", out)
     return rows
 
 
@@ -140,8 +269,15 @@ def _repo_git(path: Path) -> list[Path]:
 
 def grade(submissions: str | Path, lab: str | Path, out: str | Path, *, jobs: int | None = None,
           timeout: float | None = None, memory: int | None = None, sandbox: str = "auto",
-          data_dir=None, manual_csv: str | Path | None = None, console=None) -> list[dict]:
-    """Grade every notebook under ``submissions``; resumable; returns the scored rows."""
+          data_dir=None, manual_csv: str | Path | None = None, console=None,
+          scheduler: str | None = None) -> list[dict]:
+    """Grade every notebook under ``submissions``; resumable; returns the scored rows.
+
+    ``scheduler``: ``tcp://HOST:PORT`` of a Dask scheduler: the notebooks run on its
+    workers (``jobs`` is then theirs to decide), the store stays here (see
+    :mod:`grader.cluster`). Raises :class:`grader.cluster.ClusterError` when dask is
+    missing or the scheduler cannot be reached.
+    """
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
@@ -149,6 +285,7 @@ def grade(submissions: str | Path, lab: str | Path, out: str | Path, *, jobs: in
     console = console or Console(stderr=True)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    wipe(out / WORK_DIR)  # a killed run's work dirs: garbage now
     assignment = load_assignment(Path(lab).resolve())
     assignment.load_key()  # fail now, not after an hour of execution
     data_dir = resolve_data_dir(data_dir).resolve()
@@ -171,11 +308,13 @@ def grade(submissions: str | Path, lab: str | Path, out: str | Path, *, jobs: in
     done_before = len({s.sha256 for s in batch if not s.problem}) - len(todo)
     console.print(f"{len(batch)} notebook(s), {len(batch.unique())} distinct, "
                   f"{len(batch.problems())} unreadable; {done_before} already graded, "
-                  f"{len(todo)} to run with {jobs} worker(s); isolation: {isolation.mode}")
+                  f"{len(todo)} to run "
+                  + (f"on the Dask cluster at {scheduler}" if scheduler else f"with {jobs} worker(s)")
+                  + f"; isolation: {isolation.mode}")
 
     if todo:
-        warm_data_cache(data_dir)
-        work_root = Path(tempfile.mkdtemp(prefix="grader-work-"))
+        work_root = out / WORK_DIR
+        work_root.mkdir()
         os.chmod(work_root, 0o755)
         # Every lab's folder, not only this one's: each holds a key and a solution.
         hidden = [assignment.folder, assignment.folder.parent, Path(submissions).resolve(),
@@ -183,32 +322,98 @@ def grade(submissions: str | Path, lab: str | Path, out: str | Path, *, jobs: in
                   work_root, *_repo_git(assignment.folder)]
         env = {"GRADER_CACHE": str(cache_dir())}
         by_hash = batch.by_hash()
+        prestart = None if scheduler else _prestart(
+            len(todo), work_root, console, limits=limits, isolation=isolation, data_dir=data_dir,
+            hidden=hidden, threads=threads, env=env)
         try:
-            with Store(out / "grader.db") as store, Progress(TextColumn("[bold]grading"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                          console=console, transient=False) as bar, \
-                    ThreadPoolExecutor(max_workers=jobs) as pool:
-                task = bar.add_task("grading", total=len(todo))
-                futures = {pool.submit(run_one, s.path, assignment=assignment, limits=limits,
-                                       isolation=isolation, data_dir=data_dir,
-                                       work_root=work_root, hidden=hidden,
-                                       executed_dir=out / "executed", threads=threads,
-                                       env=env): s for s in todo}
-                for fut in as_completed(futures):
-                    s = futures[fut]
-                    evidence = fut.result()
-                    store.put_evidence(s.sha256, evidence)  # committed at once: resumable
-                    status = evidence.get("status")
-                    colour = {"ok": "green", "errors": "yellow"}.get(status, "red")
-                    bar.console.print(f"  [{colour}]{status:8s}[/] {', '.join(x.name for x in by_hash[s.sha256])} "
-                                      f"({evidence.get('seconds') or 0:.0f} s)")
-                    bar.advance(task)
+            with Store(out / "grader.db") as store, \
+                    _executor(scheduler, jobs, isolation, data_dir, console) as (pool, completed), \
+                    Progress(TextColumn("[bold]grading"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                             console=console, transient=False) as bar:
+                _run_batch(pool, completed, todo, store, by_hash, bar,
+                           dict(assignment=assignment, limits=limits, isolation=isolation,
+                                data_dir=data_dir, work_root=work_root, hidden=hidden,
+                                executed_dir=out / "executed", threads=threads, env=env,
+                                **({"kernels": prestart} if prestart else {})))
         finally:
-            shutil.rmtree(work_root, ignore_errors=True)
+            if prestart is not None:
+                prestart.close()
+            wipe(work_root)
 
     rows = rescore(out, assignment.folder, manual_csv)
     _summary(console, rows, out)
     return rows
+
+
+def _prestart(todo: int, work_root: Path, console, *, env: dict[str, str],
+              **launch) -> KernelPrestart:
+    """Kernels started ahead for the local workers; with GPUs, worker k's kernels get GPU
+    k mod n (``CUDA_VISIBLE_DEVICES``) and the NVIDIA device nodes."""
+    gpus = visible_gpus()
+    devices = nvidia_devices() if gpus else []
+    if gpus:
+        console.print(f"GPUs {', '.join(gpus)}: worker k gets GPU k mod {len(gpus)}")
+
+    def start(worker: int) -> Kernel:
+        gpu = gpu_for_worker(worker, gpus)
+        return start_in_fresh_workdir(
+            work_root, env=env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": gpu},
+            devices=devices, **launch)
+
+    return KernelPrestart(start, todo)
+
+
+@contextmanager
+def _executor(scheduler: str | None, jobs: int, isolation, data_dir: Path, console):
+    """The pool that runs the notebooks, with its ``as_completed``: local threads, or the
+    Dask cluster at ``scheduler`` (whose workers warm their own data cache)."""
+    if not scheduler:
+        warm_data_cache(data_dir)
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            yield pool, as_completed
+        return
+    # Imported here: the default install has no dask.
+    from .cluster import MISSING_DASK, ClusterError, ClusterExecutor
+    from .cluster import as_completed as cluster_as_completed
+
+    try:
+        pool = ClusterExecutor(scheduler)
+    except ImportError as exc:
+        if str(exc) != MISSING_DASK:
+            raise
+        raise ClusterError(MISSING_DASK) from exc
+    with pool:
+        console.print(f"cluster: {pool.describe()}")
+        for line in pool.warnings(isolation, data_dir):
+            console.print(f"[bold red]WARNING[/]: {line}")
+        yield pool, cluster_as_completed
+
+
+def _run_batch(pool, completed, todo: list, store: Store, by_hash: dict, bar, kwargs: dict) -> None:
+    """Submit ``run_one`` for every submission of ``todo`` to ``pool`` and store each
+    evidence as it comes (``completed``: the pool's ``as_completed``)."""
+    task = bar.add_task("grading", total=len(todo))
+    futures = {pool.submit(run_one, s.path, **kwargs): s for s in todo}
+    try:
+        _collect(futures, completed, store, by_hash, bar, task)
+    except BaseException:  # Ctrl-C: what has not started never will; stored evidence stays
+        for fut in futures:
+            fut.cancel()
+        raise
+
+
+def _collect(futures: dict, completed, store: Store, by_hash: dict, bar, task) -> None:
+    for fut in completed(futures):
+        s = futures[fut]
+        evidence = fut.result()
+        store.put_evidence(s.sha256, evidence)  # committed at once: resumable
+        status = evidence.get("status")
+        colour = {"ok": "green", "errors": "yellow"}.get(status, "red")
+        where = f" on {fut.worker}" if getattr(fut, "worker", None) else ""
+        bar.console.print(f"  [{colour}]{status:8s}[/] {', '.join(x.name for x in by_hash[s.sha256])} "
+                          f"({evidence.get('seconds') or 0:.0f} s{where})")
+        bar.advance(task)
 
 
 def _summary(console, rows: list[dict], out: Path) -> None:

@@ -9,7 +9,10 @@ chosen once per grader run by :func:`resolve`:
     process of the notebook dies with the kernel), read-only view of the
     system, private ``/tmp`` and ``/dev/shm``, the grader's home and every
     folder the caller names hidden behind empty tmpfs, only the submission's
-    work dir writable and the data dir read-only.
+    work dir writable and the data dir read-only.  Its ``/dev`` is minimal:
+    GPUs are reachable only when the caller passes their device nodes
+    (:func:`nvidia_devices`; which GPU a kernel uses is then up to its
+    ``CUDA_VISIBLE_DEVICES``, see :func:`visible_gpus`).
 ``unshare``
     ``unshare``: no network and own PID namespace, but the whole file system
     stays visible (no hidden folders), so the answer key is readable.  A
@@ -73,7 +76,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Iterable, Literal, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -203,12 +206,18 @@ class Isolation:
             text += f"; {note}"
         return text
 
-    def describe(self, limits: Limits | None = None, hidden: Iterable[str | Path] = ()) -> str:
-        """:attr:`description` plus the hidden folders and the limits of one run."""
+    def describe(self, limits: Limits | None = None, hidden: Iterable[str | Path] = (),
+                 devices: Iterable[str | Path] = ()) -> str:
+        """:attr:`description` plus the hidden folders, the GPU device nodes
+        passed in (bwrap only: the others show the host's ``/dev``) and the
+        limits of one run."""
         text = self.description
         hidden = [str(h) for h in hidden]
         if hidden:
             text += ("; hidden paths: " if self.hides_paths else "; NOT hidden: ") + ", ".join(hidden)
+        devices = [str(d) for d in devices]
+        if devices and self.mode == "bwrap":
+            text += "; GPU devices passed: " + ", ".join(devices)
         if limits is not None:
             text += "; limits: " + limits.describe()
         return text
@@ -223,11 +232,12 @@ class Isolation:
         hidden: Iterable[str | Path] = (),
         data_dir: str | Path | None = None,
         readonly: Iterable[str | Path] = (),
+        devices: Iterable[str | Path] = (),
     ) -> list[str]:
         """``argv`` wrapped in this sandbox: see :func:`sandbox_command`."""
         return sandbox_command(
             self, argv, workdir=workdir, runtime_dir=runtime_dir, limits=limits,
-            hidden=hidden, data_dir=data_dir, readonly=readonly,
+            hidden=hidden, data_dir=data_dir, readonly=readonly, devices=devices,
         )
 
     def grant(self, *paths: str | Path) -> None:
@@ -273,6 +283,20 @@ def python_roots(argv0: str | None = None) -> list[str]:
     return sorted(_abs(r) for r in roots if r)
 
 
+def package_roots() -> list[str]:
+    """The folders of the course library and of the grader, which kernels import.
+
+    Bound back like the interpreter: a clone in the home with an editable install
+    (``pip install -e .``) would otherwise vanish under the hidden home. Only the
+    package folders, never the checkout: it holds the labs' keys and its history.
+    """
+    import reference
+
+    import grader
+
+    return sorted(_abs(Path(m.__file__).parent) for m in (reference, grader))
+
+
 def rlimit_prefix(limits: Limits, *, nproc: bool = True) -> list[str]:
     """``prlimit --core=0 --data=N ... --`` (soft and hard limit equal, so
     the notebook cannot raise them again)."""
@@ -294,11 +318,16 @@ def sandbox_command(
     data_dir: str | Path | None = None,
     readonly: Iterable[str | Path] = (),
     home: str | Path | None = None,
+    devices: Iterable[str | Path] = (),
 ) -> list[str]:
     """The full command line running ``argv`` under ``iso``.
 
     Pure: it looks at the file system only to tell files from folders among
     ``hidden`` and to skip those that do not exist.
+
+    ``devices``: device nodes to pass into bwrap's minimal ``/dev`` (the
+    GPUs: see :func:`nvidia_devices`); the other modes show the host's
+    ``/dev`` anyway.
 
     bwrap layering, later mounts on top of earlier ones: the read-only
     system, the hidden home with the Python installation (and ``readonly``)
@@ -349,6 +378,8 @@ def sandbox_command(
     cmd = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--unshare-net", "--unshare-pid",
            "--unshare-ipc", "--unshare-uts", "--hostname", "sandbox",
            "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    for dev in devices:
+        cmd.extend(["--dev-bind", os.fspath(dev), os.fspath(dev)])
     tmpfs: list[str] = []
 
     def mask(path: str, perms: str = "0755", size: int | None = None) -> None:
@@ -369,7 +400,8 @@ def sandbox_command(
     mask("/dev/shm", "1777", tmp_size)
     if home != "/" and os.path.isdir(home):
         mask(home)
-        for root in python_roots(argv[0] if argv else None) + [_abs(p) for p in readonly]:
+        for root in (python_roots(argv[0] if argv else None) + package_roots()
+                     + [_abs(p) for p in readonly]):
             if _within(root, home) and root != home and os.path.exists(root):
                 bind("--ro-bind", root)
     for h in sorted({_abs(h) for h in hidden}):
@@ -390,6 +422,72 @@ def sandbox_command(
         bind("--ro-bind", _abs(data_dir))
     cmd += ["--unsetenv", "JPY_PARENT_PID", "--chdir", workdir, "--"]
     return cmd + drop + userns + rl + argv
+
+
+# --------------------------------------------------------------------------
+# GPUs
+# --------------------------------------------------------------------------
+
+def nvidia_devices(dev: str | Path = "/dev") -> list[str]:
+    """The NVIDIA device nodes under ``dev`` (``nvidiactl``, ``nvidia-uvm``,
+    ``nvidia-uvm-tools``, ``nvidia0``..``nvidiaN``, the ``nvidia-caps``
+    folder): what a CUDA kernel needs inside bwrap's minimal ``/dev``."""
+    try:
+        names = os.listdir(dev)
+    except OSError:
+        return []
+    return sorted(os.path.join(os.fspath(dev), n) for n in names if n.startswith("nvidia"))
+
+
+def parse_visible_devices(value: str) -> list[str]:
+    """The GPUs a ``CUDA_VISIBLE_DEVICES`` value names, in order: indices or
+    UUIDs.  As CUDA does, the list stops at the first ``-1``."""
+    gpus = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item or item == "-1":
+            break
+        gpus.append(item)
+    return gpus
+
+
+def count_smi_gpus(text: str) -> int:
+    """The GPUs ``nvidia-smi -L`` lists (its MIG lines, indented, are not GPUs)."""
+    return sum(1 for line in text.splitlines() if line.startswith("GPU "))
+
+
+def visible_gpus(environ: Mapping[str, str] | None = None, *, smi: str | None = "nvidia-smi",
+                 proc: str | Path = "/proc/driver/nvidia/gpus") -> list[str]:
+    """The CUDA GPUs the grader may hand out, without importing torch.
+
+    An existing ``CUDA_VISIBLE_DEVICES`` is honoured (``""``: none);
+    otherwise ``nvidia-smi -L`` counts them, or else the driver's
+    ``/proc`` folder.  Returns their ``CUDA_VISIBLE_DEVICES`` names
+    (``["0", "1"]``); ``[]`` without GPU.
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        return parse_visible_devices(environ["CUDA_VISIBLE_DEVICES"])
+    n = 0
+    smi = shutil.which(smi) if smi else None
+    if smi:
+        try:
+            out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30)
+            n = count_smi_gpus(out.stdout) if out.returncode == 0 else 0
+        except (OSError, subprocess.TimeoutExpired):
+            n = 0
+    if not n:
+        try:
+            n = len(os.listdir(proc))
+        except OSError:
+            n = 0
+    return [str(i) for i in range(n)]
+
+
+def gpu_for_worker(worker: int, gpus: Sequence[str]) -> str | None:
+    """The GPU of worker ``worker`` (0, 1, ...): round robin over ``gpus``;
+    ``None`` without GPU."""
+    return gpus[worker % len(gpus)] if gpus else None
 
 
 # --------------------------------------------------------------------------

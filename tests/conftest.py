@@ -28,3 +28,64 @@ def physionet() -> Path:
 def _private_cache(tmp_path_factory, monkeypatch):
     """Parsed arrays go to a cache private to the test session."""
     monkeypatch.setenv("GRADER_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+# ---------------------------------------------------------------- a tiny lab (lab 07)
+
+TINY_LAB_TOML = """
+[lab]
+number = 7
+title = "tiny"
+notebook = "lab07.ipynb"
+
+[limits]
+cell_timeout = 20
+notebook_timeout = 60
+
+[[question]]
+id = "answer"
+points = 2
+kind = "integer"
+prompt = "six times seven"
+answer = "answer"
+
+[[question]]
+id = "ratio"
+points = 1
+kind = "number"
+prompt = "a ratio"
+answer = "ratio"
+tolerance = { abs = 0.01 }
+
+[[question]]
+id = "why"
+points = 3
+kind = "text"
+prompt = "why"
+cell = "why"
+"""
+
+
+def notebook(*sources: str, group=("Ada Lovelace", "Alan Turing")):
+    """A submission: the group cell, then one code cell per source."""
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    group_cell = new_code_cell(f"GROUP = {list(group)!r}")
+    group_cell.metadata["grader"] = {"group": True}
+    return new_notebook(cells=[group_cell, *[new_code_cell(s) for s in sources]])
+
+
+@pytest.fixture
+def tiny_lab(tmp_path) -> Path:
+    """Lab 07 in ``tmp_path/lab07``: answer (2 points, 42), ratio (1, 0.25 +- 0.01), why (3, text)."""
+    import json
+
+    import nbformat
+
+    lab = tmp_path / "lab07"
+    lab.mkdir()
+    (lab / "assignment.toml").write_text(TINY_LAB_TOML)
+    nbformat.write(notebook("answer = 6 * 7", "ratio = 0.25"), lab / "lab07.ipynb")
+    (lab / "key.json").write_text(json.dumps({"questions": {
+        "answer": {"expected": 42}, "ratio": {"expected": 0.25, "abs_tol": 0.01}}}))
+    return lab

@@ -1,56 +1,33 @@
-"""Grading through a real Dask cluster (``grader.cluster``), worker deaths included.
+"""Grading through a real Dask cluster (``grader.cluster``, ``grader grade --scheduler``),
+worker deaths and resume included.
 
 Dask comes with the dev extra: these tests do not skip without it.
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
+import socket
+import sqlite3
 import sys
 from pathlib import Path
 
+import dask
 import nbformat
 import pytest
+from click.testing import CliRunner
 from distributed import LocalCluster
-from nbformat.v4 import new_code_cell, new_notebook
 
+import grader.grade
+from conftest import notebook
 from grader.assignment import load_assignment
+from grader.cli import main
 from grader.cluster import MISSING_DASK, ClusterExecutor, ClusterFuture, as_completed
 from grader.grade import _limits, run_one, warm_data_cache
 from grader.sandbox import resolve
 from grader.score import score
-
-TOML = """
-[lab]
-number = 7
-title = "tiny"
-notebook = "lab07.ipynb"
-
-[limits]
-cell_timeout = 20
-notebook_timeout = 60
-
-[[question]]
-id = "answer"
-points = 2
-kind = "integer"
-prompt = "six times seven"
-answer = "answer"
-
-[[question]]
-id = "why"
-points = 3
-kind = "text"
-prompt = "why"
-cell = "why"
-"""
-
-
-def notebook(*sources: str, group=("Ada Lovelace",)) -> nbformat.NotebookNode:
-    group_cell = new_code_cell(f"GROUP = {list(group)!r}")
-    group_cell.metadata["grader"] = {"group": True}
-    return new_notebook(cells=[group_cell, *[new_code_cell(s) for s in sources]])
 
 
 @pytest.fixture(scope="module")
@@ -72,13 +49,9 @@ def cluster(tmp_path_factory, physionet):
 
 
 @pytest.fixture
-def batch(tmp_path, physionet):
-    """A tiny lab, 6 notebooks (g3 fails a cell), and run_one's arguments as grade() makes them."""
-    lab = tmp_path / "lab07"
-    lab.mkdir()
-    (lab / "assignment.toml").write_text(TOML)
-    nbformat.write(notebook("answer = 6 * 7"), lab / "lab07.ipynb")
-    (lab / "key.json").write_text(json.dumps({"questions": {"answer": {"expected": 42}}}))
+def batch(tiny_lab, tmp_path, physionet):
+    """The tiny lab, 6 notebooks (g3 fails a cell), and run_one's arguments as grade() makes them."""
+    lab = tiny_lab
     subs = tmp_path / "subs"
     subs.mkdir()
     paths = []
@@ -94,7 +67,7 @@ def batch(tmp_path, physionet):
                   hidden=[lab, subs, out], executed_dir=out / "executed", threads=1,
                   env={"GRADER_CACHE": os.environ["GRADER_CACHE"]})
     return {"assignment": assignment, "paths": paths, "kwargs": kwargs, "out": out,
-            "key": assignment.load_key()}
+            "key": assignment.load_key(), "lab": lab, "subs": subs}
 
 
 def grade_all(pool, fn, batch) -> dict[str, dict]:
@@ -181,3 +154,132 @@ def test_without_dask_the_message_says_what_to_install(monkeypatch):
     with pytest.raises(ImportError, match="pip install 'grader\\[dask\\]'") as info:
         ClusterExecutor("tcp://127.0.0.1:1")
     assert str(info.value) == MISSING_DASK
+
+
+# ---------------------------------------------------------------- grader grade --scheduler
+
+def grade_cli(batch, out: Path, *extra: str):
+    """``grader grade`` of the batch's notebooks into ``out`` (in this process); ``.text``
+    is its output with rich's line wrapping undone."""
+    r = CliRunner().invoke(main, ["grade", str(batch["subs"]), "--lab", str(batch["lab"]),
+                                  "--out", str(out),
+                                  "--data-dir", str(batch["kwargs"]["data_dir"]), *extra])
+    r.text = " ".join(r.output.split())
+    return r
+
+
+def grades(out: Path) -> dict[str, dict]:
+    with open(out / "grades.csv", newline="") as fh:
+        return {row["file"]: row for row in csv.DictReader(fh)}
+
+
+def finished(out: Path) -> dict[str, str]:
+    """sha256 -> finished_at of every evidence in OUT's store."""
+    with sqlite3.connect(out / "grader.db") as db:
+        return dict(db.execute("SELECT sha256, finished_at FROM evidence"))
+
+
+def check_batch_out(out: Path, batch) -> None:
+    """OUT holds what a run of the whole batch leaves: 6 rows, 6 evidence, 6 executed."""
+    g = grades(out)
+    assert sorted(g) == [p.name for p in batch["paths"]]
+    assert [g[f"g{i}_lab_07.ipynb"]["total"] for i in range(6)] == ["0", "0", "2", "0", "0", "0"]
+    assert g["g3_lab_07.ipynb"]["status"].startswith("errors")
+    assert all(g[f"g{i}_lab_07.ipynb"]["status"] == "ok" for i in (0, 1, 2, 4, 5))
+    assert len(finished(out)) == 6
+    assert sorted(p.name for p in (out / "executed").iterdir()) == [p.name for p in batch["paths"]]
+
+
+def test_grade_with_scheduler_gives_what_a_local_run_gives(cluster, batch, tmp_path):
+    remote, local = tmp_path / "remote", tmp_path / "local"
+    r = grade_cli(batch, remote, "--scheduler", cluster.scheduler_address)
+    assert r.exit_code == 0, r.output
+    assert f"6 to run on the Dask cluster at {cluster.scheduler_address}" in r.text
+    assert "2 Dask worker(s), 2 notebook slot(s)" in r.text
+    assert "worker tcp://" not in r.text          # no warning about a worker
+    check_batch_out(remote, batch)
+    executed = nbformat.read(remote / "executed" / "g3_lab_07.ipynb", as_version=4)
+    assert any(o.get("ename") == "ZeroDivisionError" for c in executed.cells
+               for o in c.get("outputs", []))
+    with sqlite3.connect(remote / "grader.db") as db:
+        evidence = [json.loads(row[0]) for row in db.execute("SELECT json FROM evidence")]
+    assert sorted(e["group"][0] for e in evidence) == [f"Student G{i}" for i in range(6)]
+    assert all(e["isolation"].startswith("bubblewrap") == (batch["kwargs"]["isolation"].mode == "bwrap")
+               for e in evidence)
+
+    r = grade_cli(batch, local, "-j", "2")
+    assert r.exit_code == 0, r.output
+    assert grades(remote) == grades(local)
+    assert finished(remote).keys() == finished(local).keys()
+    # rescore works on what the cluster produced, from the local store alone
+    r = CliRunner().invoke(main, ["rescore", str(remote)])
+    assert r.exit_code == 0, r.output
+    assert grades(remote) == grades(local)
+
+
+def test_grade_with_scheduler_survives_a_lost_worker(cluster, batch, tmp_path, monkeypatch):
+    """A worker dies in the middle of g2: every notebook is still graded exactly once."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    monkeypatch.setattr(grader.grade, "run_one", killer(markers, "g2_lab_07.ipynb", kills=1))
+    out = tmp_path / "out"
+    r = grade_cli(batch, out, "--scheduler", cluster.scheduler_address)
+    assert r.exit_code == 0, r.output
+    kills, ran = list(markers.glob("kill-*")), list(markers.glob("ran-*"))
+    assert len(kills) == 1 and len(ran) == 1, (kills, ran)
+    assert kills[0].name.split("-")[-1] != ran[0].name.split("-")[-1]  # another process
+    check_batch_out(out, batch)
+    for p in batch["paths"]:                     # one progress line per notebook
+        assert r.text.count(f" {p.name} (") == 1, r.output
+
+
+def test_grade_with_scheduler_resumes_without_running_twice(cluster, batch, tmp_path):
+    from grader.store import Store
+
+    out = tmp_path / "out"
+    scheduler = ["--scheduler", cluster.scheduler_address]
+    r = grade_cli(batch, out, *scheduler)
+    assert r.exit_code == 0, r.output
+    before = finished(out)
+    # As if the batch had been killed before two notebooks were done.
+    lost = sorted(before)[:2]
+    with Store(out / "grader.db") as store:
+        assert store.drop_evidence(lost) == 2
+    for p in (out / "executed").iterdir():
+        p.unlink()
+
+    r = grade_cli(batch, out, *scheduler)
+    assert r.exit_code == 0, r.output
+    assert "4 already graded, 2 to run on the Dask cluster" in r.text
+    after = finished(out)
+    assert {h: after[h] for h in before if h not in lost} == \
+        {h: before[h] for h in before if h not in lost}      # not run again
+    assert all(after[h] != before[h] for h in lost)
+    assert len(list((out / "executed").iterdir())) == 2
+    g = grades(out)
+
+    r = grade_cli(batch, out, *scheduler)
+    assert r.exit_code == 0, r.output
+    assert "6 already graded, 0 to run" in r.text
+    assert "Dask worker(s)" not in r.text      # nothing to run: no cluster needed
+    assert finished(out) == after and grades(out) == g
+
+
+def test_grade_with_scheduler_errors_are_one_line(batch, tmp_path, monkeypatch):
+    with socket.socket() as s:                   # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        r = grade_cli(batch, tmp_path / "out1", "--scheduler", f"tcp://127.0.0.1:{port}")
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert f"error: cannot reach the Dask scheduler at tcp://127.0.0.1:{port}" in r.text
+    assert "Traceback" not in r.text
+
+    r = grade_cli(batch, tmp_path / "out2", "--scheduler", "nohost")
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert "'nohost'" in r.text and "tcp://HOST:PORT" in r.text
+
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    r = grade_cli(batch, tmp_path / "out3", "--scheduler", "tcp://127.0.0.1:8786")
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert f"error: {MISSING_DASK}" in r.text

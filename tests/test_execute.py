@@ -18,6 +18,7 @@ from grader.execute import (
     OutputBudget,
     execute_notebook,
     load_notebook,
+    start_kernel,
 )
 from grader.sandbox import GiB, MiB, Limits, resolve
 
@@ -206,6 +207,62 @@ def test_kernel_env_is_minimal(tmp_path, monkeypatch):
     home, threads, data, cwd = out.splitlines()[1].split()
     assert home == cwd == str((tmp_path / "work").resolve()) and threads == "2"
     assert data == str(tmp_path)
+
+
+# ------------------------------------------------------- kernels started ahead
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] == "Z"  # a zombie is dead
+    except FileNotFoundError:
+        return True
+
+
+def test_prestarted_kernel_runs_a_notebook_in_its_own_workdir(tmp_path):
+    kernel = start_kernel(workdir=tmp_path / "g2", isolation=resolve("none"), limits=FAST,
+                          env={"EXTRA": "1"}, threads=2)
+    assert kernel.error is None and kernel.runtime_dir.is_dir()
+    pid = kernel.km.provisioner.process.pid
+    time.sleep(0.5)  # the caller does other work while the kernel boots
+    r = execute_notebook(nb_of("import os\nprint(os.getcwd(), os.environ['EXTRA'], "
+                               "os.environ['OMP_NUM_THREADS'])", "1 / 0"),
+                         kernel=kernel, epilogue="open('answers.json', 'w').write('{}')")
+    assert r.status == "errors" and r.errors[0].ename == "ZeroDivisionError"
+    assert texts(r.notebook.cells[0]) == f"{(tmp_path / 'g2').resolve()} 1 2\n"
+    assert (tmp_path / "g2" / "answers.json").exists() and r.startup_seconds is not None
+    assert "NO isolation" in r.isolation
+    # shut down at the end, like a kernel started by execute_notebook itself
+    assert kernel.km is None and not kernel.runtime_dir.exists() and _gone(pid)
+    with pytest.raises(ValueError):
+        execute_notebook(nb_of("1"), kernel=kernel)  # one notebook per kernel
+
+
+def test_prestarted_kernel_never_used_is_shut_down(tmp_path):
+    kernel = start_kernel(workdir=tmp_path / "spare", isolation=resolve("none"), limits=FAST)
+    pid = kernel.km.provisioner.process.pid
+    assert not _gone(pid)
+    kernel.shutdown()
+    kernel.shutdown()  # idempotent
+    assert _gone(pid) and not kernel.runtime_dir.exists()
+    # an unreadable notebook given a prestarted kernel shuts it down too
+    kernel = start_kernel(workdir=tmp_path / "bad", isolation=resolve("none"), limits=FAST)
+    pid = kernel.km.provisioner.process.pid
+    r = execute_notebook({"cells": 3}, kernel=kernel)
+    assert r.status == "invalid" and _gone(pid) and not kernel.runtime_dir.exists()
+
+
+def test_prestarted_kernel_that_could_not_launch_is_dead(tmp_path, monkeypatch):
+    from grader.sandbox import Isolation
+
+    monkeypatch.setattr(Isolation, "command",
+                        lambda self, argv, **kw: ["/nonexistent/sandbox"] + list(argv))
+    kernel = start_kernel(workdir=tmp_path / "w", isolation=Isolation("none", rlimits=False),
+                          limits=FAST)
+    assert kernel.error
+    r = execute_notebook(nb_of("print(1)"), kernel=kernel)
+    assert r.status == "dead" and r.errors[0].ename == "KernelStartError"
+    assert not kernel.runtime_dir.exists()
 
 
 # -------------------------------------------------------------- under bwrap

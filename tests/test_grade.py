@@ -12,63 +12,12 @@ import time
 from pathlib import Path
 
 import nbformat
-import pytest
 from click.testing import CliRunner
-from nbformat.v4 import new_code_cell, new_notebook
 
+from conftest import notebook
 from grader.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-TOML = """
-[lab]
-number = 7
-title = "tiny"
-notebook = "lab07.ipynb"
-
-[limits]
-cell_timeout = 20
-notebook_timeout = 60
-
-[[question]]
-id = "answer"
-points = 2
-kind = "integer"
-prompt = "six times seven"
-answer = "answer"
-
-[[question]]
-id = "ratio"
-points = 1
-kind = "number"
-prompt = "a ratio"
-answer = "ratio"
-tolerance = { abs = 0.01 }
-
-[[question]]
-id = "why"
-points = 3
-kind = "text"
-prompt = "why"
-cell = "why"
-"""
-
-
-def notebook(*sources: str, group=("Ada Lovelace", "Alan Turing")) -> nbformat.NotebookNode:
-    group_cell = new_code_cell(f"GROUP = {list(group)!r}")
-    group_cell.metadata["grader"] = {"group": True}
-    return new_notebook(cells=[group_cell, *[new_code_cell(s) for s in sources]])
-
-
-@pytest.fixture
-def tiny_lab(tmp_path) -> Path:
-    lab = tmp_path / "lab07"
-    lab.mkdir()
-    (lab / "assignment.toml").write_text(TOML)
-    nbformat.write(notebook("answer = 6 * 7", "ratio = 0.25"), lab / "lab07.ipynb")
-    (lab / "key.json").write_text(json.dumps({"questions": {
-        "answer": {"expected": 42}, "ratio": {"expected": 0.25, "abs_tol": 0.01}}}))
-    return lab
 
 
 def write(folder: Path, name: str, nb) -> Path:
@@ -94,9 +43,13 @@ def test_grade_a_small_class(tiny_lab, tmp_path, physionet):
     write(subs, "noether_lab_07.ipynb", "{ not json")
     write(subs, "copy_of_lovelace.ipynb", (subs / "lovelace_turing_lab_07.ipynb").read_bytes())
     out = tmp_path / "out"
+    stale = out / ".work" / "sub-left-by-a-killed-run" / "locked"
+    stale.mkdir(parents=True)
+    stale.chmod(0o000)
     result = CliRunner().invoke(main, ["grade", str(subs), "--lab", str(tiny_lab), "--out", str(out),
                                        "-j", "2", "--data-dir", str(physionet)])
     assert result.exit_code == 0, result.output
+    assert not (out / ".work").exists()  # the work root, stale dirs and all, is gone
     g = grades(out)
     assert set(g) == {"lovelace_turing_lab_07.ipynb", "curie_lab_07.ipynb", "noether_lab_07.ipynb",
                       "copy_of_lovelace.ipynb"}
@@ -131,6 +84,24 @@ def test_rescore_after_manual_scores_and_key_change(tiny_lab, tmp_path, physione
     assert r.exit_code == 0, r.output
     assert grades(out)["lovelace_turing_lab_07.ipynb"]["total"] == "5.5"
     assert (out / "executed" / "lovelace_turing_lab_07.ipynb").stat().st_mtime == before
+
+
+def test_grades_stand_when_pdfs_cannot_be_rendered(tiny_lab, tmp_path, physionet, monkeypatch,
+                                                   caplog):
+    subs = tmp_path / "subs"
+    write(subs, "lovelace_turing_lab_07.ipynb", notebook("answer = 42", "ratio = 0.27"))
+    out = tmp_path / "out"
+
+    def no_pango(*args, **kwargs):
+        raise OSError("cannot load library 'libpango-1.0-0'")
+
+    monkeypatch.setattr("grader.render.render_all", no_pango)
+    r = CliRunner().invoke(main, ["grade", str(subs), "--lab", str(tiny_lab), "--out", str(out),
+                                  "--data-dir", str(physionet)])
+    assert r.exit_code == 0, r.output
+    assert grades(out)["lovelace_turing_lab_07.ipynb"]["total"] == "2"
+    assert not (out / "feedback").exists()
+    assert "feedback PDFs not written" in caplog.text and "libpango" in caplog.text
 
 
 def test_killed_batch_resumes_without_running_twice(tiny_lab, tmp_path, physionet):
@@ -259,3 +230,92 @@ def test_killed_in_the_middle_of_a_long_cell_resumes(tiny_lab, tmp_path, physion
         assert _kernels_under(tmp) == [] and set(tmp.iterdir()) == left_by_kill
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- kernels started ahead
+
+class FakeKernel:
+    def __init__(self, workdir: Path, worker: int, env: dict | None = None, devices=()):
+        self.workdir, self.worker, self.env, self.devices = workdir, worker, env, list(devices)
+        self.workdir.mkdir(parents=True)
+        self.down = False
+
+    def shutdown(self) -> None:
+        self.down = True
+
+
+def test_kernel_prestart_keeps_one_spare_per_worker(tmp_path):
+    import threading
+
+    from grader.grade import KernelPrestart
+
+    launched: list[FakeKernel] = []
+    names = iter(range(100))
+
+    def launch(worker: int) -> FakeKernel:
+        launched.append(FakeKernel(tmp_path / f"k{next(names)}", worker))
+        return launched[-1]
+
+    prestart = KernelPrestart(launch, todo=3)
+    first = prestart.take()
+    assert len(launched) == 2 and first is launched[0]   # the next one boots meanwhile
+    second = prestart.take()
+    assert second is launched[1] and len(launched) == 3
+    third = prestart.take()
+    assert third is launched[2] and len(launched) == 3   # nothing left: none started ahead
+    prestart.close()
+    assert not any(k.down for k in launched)             # run_one shuts down what it took
+
+    # two workers: numbered 0 and 1; close() shuts down the unused spares, removes their dirs
+    launched.clear()
+    prestart = KernelPrestart(launch, todo=10)
+    taken = []
+    for _ in range(2):
+        t = threading.Thread(target=lambda: taken.append(prestart.take()))
+        t.start()
+        t.join()
+    assert sorted(k.worker for k in taken) == [0, 1] and len(launched) == 4
+    spares = [k for k in launched if k not in taken]
+    prestart.close()
+    assert all(k.down and not k.workdir.exists() for k in spares)
+    assert not any(k.down for k in taken)
+    prestart.take()                                      # after close: nothing started ahead
+    assert len(launched) == 5
+
+
+def test_each_worker_gets_its_own_gpu(tmp_path, monkeypatch):
+    import threading
+
+    from rich.console import Console
+
+    import grader.grade as g
+
+    nodes = ["/dev/nvidia-uvm", "/dev/nvidia0", "/dev/nvidia1", "/dev/nvidiactl"]
+    monkeypatch.setattr(g, "visible_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr(g, "nvidia_devices", lambda: nodes)
+    names = iter(range(100))
+    monkeypatch.setattr(g, "start_in_fresh_workdir", lambda root, *, env, devices, **kw:
+                        FakeKernel(root / f"w{next(names)}", -1, env, devices))
+    prestart = g._prestart(6, tmp_path, Console(file=open(os.devnull, "w")),
+                           env={"GRADER_CACHE": "/c"}, limits=None)
+    taken: dict[str, list] = {}
+
+    def worker(name: str) -> None:
+        for _ in range(3):
+            taken.setdefault(name, []).append(prestart.take())
+
+    for name in ("a", "b", "c"):          # a third worker shares GPU 0 with the first
+        t = threading.Thread(target=worker, args=(name,))
+        t.start()
+        t.join()
+    prestart.close()
+    gpus = {name: {k.env["CUDA_VISIBLE_DEVICES"] for k in ks} for name, ks in taken.items()}
+    assert gpus == {"a": {"0"}, "b": {"1"}, "c": {"0"}}
+    assert all(k.devices == nodes and k.env["GRADER_CACHE"] == "/c"
+               for ks in taken.values() for k in ks)
+
+    # no GPU: no CUDA_VISIBLE_DEVICES, no device node
+    monkeypatch.setattr(g, "visible_gpus", lambda: [])
+    prestart = g._prestart(1, tmp_path, Console(file=open(os.devnull, "w")), env={})
+    k = prestart.take()
+    assert k.env == {} and k.devices == []

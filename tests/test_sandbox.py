@@ -8,17 +8,26 @@ import socket
 import subprocess
 import sys
 import threading
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
+
+import reference
 
 from grader.sandbox import (
     GiB,
     Isolation,
     Limits,
     SandboxUnavailable,
+    count_smi_gpus,
+    gpu_for_worker,
+    nvidia_devices,
+    parse_visible_devices,
     resolve,
     rlimit_prefix,
     sandbox_command,
+    visible_gpus,
 )
 
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None,
@@ -75,6 +84,70 @@ def test_bwrap_command_layers(tmp_path):
     # the uid switch happens inside bwrap, the rlimits last, then the kernel
     assert cmd.index("--") < [i for i, c in enumerate(cmd) if c.endswith("setpriv")][0]
     assert cmd[-3:] == ["python", "-m", "ipykernel_launcher"]
+
+
+FAKE_GPU_NODES = ["/dev/nvidia-caps", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia0",
+                  "/dev/nvidia1", "/dev/nvidiactl"]
+
+
+def test_bwrap_command_passes_gpu_device_nodes(tmp_path):
+    iso = Isolation("bwrap", uid=4242, userns=True, nproc_enforced=True)
+    cmd = sandbox_command(iso, ["python"], workdir=tmp_path, runtime_dir=tmp_path,
+                          limits=Limits(), home=tmp_path / "home-missing", devices=FAKE_GPU_NODES)
+    s = " ".join(cmd)
+    for dev in FAKE_GPU_NODES:
+        assert f"--dev-bind {dev} {dev}" in s, dev
+        # on top of bwrap's minimal /dev, and before the command itself
+        assert s.index("--dev /dev") < s.index(f"--dev-bind {dev}") < s.index("-- ")
+    plain = sandbox_command(iso, ["python"], workdir=tmp_path, runtime_dir=tmp_path,
+                            limits=Limits(), home=tmp_path / "home-missing")
+    assert "--dev-bind" not in plain
+    # the other modes show the host's /dev: nothing to add
+    for other in (Isolation("none"), Isolation("unshare")):
+        assert sandbox_command(other, ["python"], workdir=tmp_path, runtime_dir=tmp_path,
+                               limits=Limits(), devices=FAKE_GPU_NODES) == \
+            sandbox_command(other, ["python"], workdir=tmp_path, runtime_dir=tmp_path,
+                            limits=Limits())
+    text = iso.describe(Limits(), ["/course"], FAKE_GPU_NODES[3:5])
+    assert "GPU devices passed: /dev/nvidia0, /dev/nvidia1" in text
+    assert "GPU" not in iso.describe(Limits(), ["/course"])
+
+
+def test_nvidia_devices_lists_the_nodes_of_a_dev_folder(tmp_path):
+    for name in ("nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "null", "tty"):
+        (tmp_path / name).touch()
+    (tmp_path / "nvidia-caps").mkdir()
+    assert nvidia_devices(tmp_path) == [str(tmp_path / n) for n in (
+        "nvidia-caps", "nvidia-uvm", "nvidia-uvm-tools", "nvidia0", "nvidia1", "nvidiactl")]
+    assert nvidia_devices(tmp_path / "missing") == []
+
+
+def test_visible_gpus_without_torch(tmp_path):
+    # an existing CUDA_VISIBLE_DEVICES wins, as CUDA reads it
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert parse_visible_devices(" 1, GPU-8f2a ,-1,0") == ["1", "GPU-8f2a"]
+    # else nvidia-smi -L, one line per GPU (MIG lines are indented)
+    smi_out = ("GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1)\n"
+               "  MIG 1g.10gb     Device  0: (UUID: MIG-a)\n"
+               "GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-2)\n")
+    assert count_smi_gpus(smi_out) == 2
+    fake_smi = tmp_path / "nvidia-smi"
+    fake_smi.write_text(f"#!/bin/sh\nprintf '{smi_out}'\n")
+    fake_smi.chmod(0o755)
+    assert visible_gpus({}, smi=str(fake_smi), proc=tmp_path / "none") == ["0", "1"]
+    # else the driver's /proc folder, one entry per GPU; nothing at all: no GPU
+    proc = tmp_path / "gpus"
+    for bus in ("0000:3b:00.0", "0000:5e:00.0", "0000:86:00.0"):
+        (proc / bus).mkdir(parents=True)
+    assert visible_gpus({}, smi=None, proc=proc) == ["0", "1", "2"]
+    assert visible_gpus({}, smi=None, proc=tmp_path / "none") == []
+
+
+def test_gpu_for_worker_round_robin():
+    assert [gpu_for_worker(k, ["0", "1"]) for k in range(5)] == ["0", "1", "0", "1", "0"]
+    assert [gpu_for_worker(k, ["3"]) for k in range(3)] == ["3", "3", "3"]
+    assert gpu_for_worker(0, []) is None
 
 
 def test_describe_says_what_is_hidden_or_not():
@@ -182,6 +255,35 @@ print(os.listdir({str(secret)!r}))
     assert "s3cr3t-key" not in out.stdout
     assert out.stdout.split()[:2] == ["FileNotFoundError", "FileNotFoundError"]
     assert "[]" in out.stdout
+
+
+@needs_bwrap
+def test_bwrap_kernel_imports_the_project_from_a_hidden_home(tmp_path):
+    # A clone in the home with an editable install: the home is hidden, the packages
+    # are bound back, the lab folders (keys) stay hidden.
+    repo = Path(reference.__file__).resolve().parent.parent
+    key = repo / "assignments" / "lab01" / "key.json"
+    code = f"""
+import reference.data, grader.score
+print("imported")
+try:
+    open({str(key)!r}).read(); print("key readable")
+except OSError as e:
+    print(type(e).__name__)
+"""
+    work = tmp_path / "work"
+    work.mkdir()
+    os.chmod(tmp_path, 0o755)
+    # The sandbox's own uid could not reach this test's Python when it lives in the
+    # real home (not hidden here): keep ours, the point is what the fake home hides.
+    iso = replace(resolve("bwrap"), uid=None)
+    cmd = sandbox_command(iso, [sys.executable, "-c", code], workdir=work, runtime_dir=work,
+                          limits=Limits(), home=repo.parent,
+                          hidden=[repo / "assignments", repo / ".git"])
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=work,
+                         env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["imported", "FileNotFoundError"]
 
 
 @needs_bwrap
