@@ -80,14 +80,29 @@ def plain_nbclient(subs: Path) -> float:
 
 def grade_cli(lab: Path, subs: Path, out: Path, jobs: int, sandbox: str) -> float:
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "grader.cli", "grade", str(subs), "--lab", str(lab),
-                    "--out", str(out), "-j", str(jobs), "--sandbox", sandbox],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _run([sys.executable, "-m", "grader.cli", "grade", str(subs), "--lab", str(lab),
+          "--out", str(out), "-j", str(jobs), "--sandbox", sandbox])
     return time.perf_counter() - t
 
 
-def rescore_100(lab: Path, out: Path, root: Path) -> float:
-    """Copy the evidence of one graded notebook to 100 groups, then time `grader rescore`."""
+def _rescore(out: Path, *extra: str) -> float:
+    t = time.perf_counter()
+    _run([sys.executable, "-m", "grader.cli", "rescore", str(out), *extra])
+    return time.perf_counter() - t
+
+
+def _run(cmd: list[str]) -> None:
+    """Run a grader command; on failure show what it said (the bench hides its output)."""
+    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if r.returncode:
+        sys.exit(f"grade_bench: {' '.join(cmd[2:5])} ... failed (exit {r.returncode}):\n"
+                 + r.stderr[-2000:])
+
+
+def rescore_100(lab: Path, out: Path, root: Path) -> list[tuple[str, float]]:
+    """Copy the evidence of one graded notebook to 100 more groups, then time `grader
+    rescore` three times: every report new; one manual score changed (one report to
+    render); a key change that moves every group's points (every report to render)."""
     from grader.ingest import ingest
     from grader.store import Store
 
@@ -105,10 +120,17 @@ def rescore_100(lab: Path, out: Path, root: Path) -> float:
         store.add_submissions(batch)
         for s in batch:
             store.put_evidence(s.sha256, evidence)
-    t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "grader.cli", "rescore", str(out)], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t
+    first = _rescore(out)
+    manual = root / "manual.csv"
+    manual.write_text("group,question,points,comment\nmany7,answer,0.5,half a point by hand\n")
+    one = _rescore(out, "--manual", str(manual))
+    key = json.loads((lab / "key.json").read_text())
+    key["questions"]["answer"]["expected"] = 41
+    (lab / "key.json").write_text(json.dumps(key))
+    every = _rescore(out)
+    return [("grader rescore, 100 groups, all reports new (s in all)", first),
+            ("grader rescore, 100 groups, 1 manual score changed (s in all)", one),
+            ("grader rescore, 100 groups, key changed for all (s in all)", every)]
 
 
 class NbgraderError(RuntimeError):
@@ -261,7 +283,7 @@ def main() -> int:
         rows = [("plain nbclient, in sequence", plain_nbclient(subs) / args.n)]
         rows.append(("grader grade -j 1", grade_cli(lab, subs, root / "out1", 1, args.sandbox) / args.n))
         rows.append(("grader grade -j 2", grade_cli(lab, subs, root / "out2", 2, args.sandbox) / args.n))
-        rows.append(("grader rescore, 100 groups (s in all)", rescore_100(lab, root / "out2", root)))
+        rows.extend(rescore_100(lab, root / "out2", root))
         if nbg_exe:
             try:
                 sec = nbgrader_autograde(nbg_exe, lab, subs, root)
@@ -272,9 +294,9 @@ def main() -> int:
         print(f"machine: {machine()}")
         print(f"versions: {versions(nbg_version)}")
         print(f"{args.n} notebooks, sandbox {args.sandbox}")
-        print(f"{'what':45s} {'s per notebook':>15s}")
+        print(f"{'what':62s} {'s per notebook':>15s}")
         for name, v in rows:
-            print(f"{name:45s} {v:15.2f}")
+            print(f"{name:62s} {v:15.2f}")
         base, j1, j2 = rows[0][1], rows[1][1], rows[2][1]
         print(f"-j 1 vs plain nbclient: {100 * (j1 / base - 1):+.0f}%;  -j 2 speed-up over -j 1: {j1 / j2:.2f}x")
     finally:

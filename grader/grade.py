@@ -232,9 +232,15 @@ def rescore(out: str | Path, lab: str | Path | None = None, manual_csv: str | Pa
         store.replace_scores(by_submission)
     write_grades_csv(out / "grades.csv", assignment, rows)
     try:
-        from .render import render_all
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-        render_all(rows, assignment, key, out)
+        from .render import feedback_files, render_all
+
+        with Progress(TextColumn("feedback PDFs"), BarColumn(), MofNCompleteColumn(),
+                      console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("pdf", total=len(feedback_files(rows)))
+            render_all(rows, assignment, key, out, progress=lambda: bar.advance(task))
     except (ImportError, OSError) as exc:
         # WeasyPrint without Pango (a headless GPU server, say): the grades stand.
         log.warning("feedback PDFs not written (%s: %s); grades.csv and %s are complete. "

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import json
 import math
@@ -481,20 +482,80 @@ def render_feedback_pdf(data: Mapping, path: str | Path) -> Path:
     return _write_pdf("feedback.html.j2", {**data, "questions": questions}, Path(path))
 
 
+#: Feedback PDFs rendered in parallel processes from this many on (below, starting the
+#: processes costs more than it saves).
+PARALLEL_FROM = 16
+DIGESTS = ".digests.json"
+
+
+@lru_cache(maxsize=1)
+def _templates_digest() -> str:
+    h = hashlib.sha256()
+    for f in sorted(REPORTS_DIR.iterdir()):
+        if f.suffix in (".j2", ".css"):
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def report_digest(data: Mapping) -> str:
+    """What a feedback PDF shows, as a hash: its data (the date aside) and the templates.
+    Pure but for reading the templates once."""
+    blob = json.dumps({k: v for k, v in data.items() if k != "date"}, sort_keys=True, default=str)
+    return hashlib.sha256((_templates_digest() + blob).encode()).hexdigest()
+
+
+def _render_many(jobs: list[tuple[dict, Path]], progress=None) -> None:
+    if len(jobs) < PARALLEL_FROM or (os.cpu_count() or 1) < 2:
+        for data, path in jobs:
+            render_feedback_pdf(data, path)
+            if progress:
+                progress()
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # WeasyPrint's layout is pure Python: processes, not threads. Spawned, so that the
+    # caller's threads and kernels are not forked along.
+    with ProcessPoolExecutor(max_workers=min(os.cpu_count() or 1, 8),
+                             mp_context=mp.get_context("spawn")) as pool:
+        for fut in as_completed([pool.submit(render_feedback_pdf, d, p) for d, p in jobs]):
+            fut.result()
+            if progress:
+                progress()
+
+
 def render_feedback(rows: list[Mapping], assignment, key: Mapping, out: str | Path, *,
-                    graded_at: Any = None) -> list[Path]:
+                    graded_at: Any = None, progress=None) -> list[Path]:
     """One PDF per group in ``OUT/feedback/`` (see :func:`feedback_files` for the names).
-    Also writes ``OUT/feedback/index.json``: submission id -> file name."""
+    Also writes ``OUT/feedback/index.json``: submission id -> file name.
+
+    A PDF whose content would not change (same :func:`report_digest`) is kept as it is,
+    date included: after a change to one group's manual score, one PDF is rendered.
+    ``progress()`` is called once per group.
+    """
     folder = Path(out) / "feedback"
+    folder.mkdir(parents=True, exist_ok=True)
     graded_at = graded_at or _now()
-    paths, index = [], {}
+    try:
+        old = json.loads((folder / DIGESTS).read_text())
+    except (OSError, ValueError):
+        old = {}
+    paths, index, digests, todo = [], {}, {}, []
     for name, rs in feedback_files(rows):
         data = feedback_data(rs[0], assignment, key, graded_at)
-        paths.append(render_feedback_pdf(data, folder / name))
+        digests[name] = report_digest(data)
+        path = folder / name
+        if old.get(name) == digests[name] and path.exists():
+            if progress:
+                progress()
+        else:
+            todo.append((data, path))
+        paths.append(path)
         for r in rs:
             index[str(r["submission"].get("id"))] = name
-    folder.mkdir(parents=True, exist_ok=True)
+    _render_many(todo, progress)
     (folder / "index.json").write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+    (folder / DIGESTS).write_text(json.dumps(digests, indent=0, sort_keys=True) + "\n")
     return paths
 
 
@@ -506,8 +567,10 @@ def render_summary(rows: list[Mapping], assignment, key: Mapping, out: str | Pat
     return _write_pdf("summary.html.j2", data, Path(out) / "summary.pdf")
 
 
-def render_all(rows: list[Mapping], assignment, key: Mapping, out: str | Path) -> dict:
+def render_all(rows: list[Mapping], assignment, key: Mapping, out: str | Path,
+               progress=None) -> dict:
     """Every report: ``{"feedback": [paths], "summary": path}``."""
     now = _now()
-    return {"feedback": render_feedback(rows, assignment, key, out, graded_at=now),
+    return {"feedback": render_feedback(rows, assignment, key, out, graded_at=now,
+                                        progress=progress),
             "summary": render_summary(rows, assignment, key, out, generated_at=now)}
