@@ -28,8 +28,9 @@ What comes back: the evidence plus the executed notebook, which the instructor's
 machine writes to ``OUT/executed/`` as a local run would.
 
 A lost worker: a worker that dies while running a notebook makes the scheduler
-run that task again on another worker. The task itself asks the scheduler how many
-workers died running it and, from the second death on, returns an error evidence
+run that task again on another worker. The task itself counts, on the scheduler, the
+workers that died running it (a task only queued on a dead worker is not counted) and,
+from the second death on, returns an error evidence
 (``status = "grader-error"``) instead of running the notebook a third time; the
 scheduler's own ``distributed.scheduler.allowed-failures`` (default 3) only bounds it
 from above (and when it is 0 there is no rerun: ``KilledWorker`` becomes the error
@@ -151,20 +152,37 @@ def _warm(data_dir: Path) -> Path:
     return cache_dir()
 
 
-def _worker_deaths() -> int:
-    """How many workers died while running the current task (the scheduler's count)."""
+def _starts(key: str, delta: int) -> int:
+    """Add ``delta`` to the scheduler's count of unfinished runs of task ``key``; return
+    the count before. A run that ends (result or exception) takes itself off again; a run
+    whose worker died never does. So at the start of a run, the count is the number of
+    workers that died *running* this notebook. Dask's own ``suspicious`` count will not
+    do: it also counts tasks that were only queued on the dead worker."""
     distributed = _distributed()
-    key = distributed.get_worker().get_current_task()
 
-    def suspicious(dask_scheduler, key):
-        ts = dask_scheduler.tasks.get(key)
-        return ts.suspicious if ts is not None else 0
+    def count(dask_scheduler, key, delta):
+        runs = dask_scheduler.__dict__.setdefault("_grader_unfinished_runs", {})
+        before = runs.get(key, 0)
+        runs[key] = max(0, before + delta)
+        return before
 
+    return int(distributed.get_client().run_on_scheduler(count, key=key, delta=delta))
+
+
+def _worker_deaths(key: str) -> int:
+    """How many workers died while running task ``key``; counts this run as started."""
     try:
-        return int(distributed.get_client().run_on_scheduler(suspicious, key=key))
+        return _starts(key, +1)
     except Exception as exc:  # e.g. a scheduler that refuses pickled functions
         log.warning("cannot ask the scheduler how often %s was lost: %s", key, exc)
         return 0
+
+
+def _run_ended(key: str) -> None:
+    try:
+        _starts(key, -1)
+    except Exception as exc:
+        log.warning("cannot tell the scheduler that %s ended: %s", key, exc)
 
 
 def _worker_threads(override: int | None) -> int:
@@ -185,10 +203,18 @@ def remote_run(fn: Callable[..., dict], name: str, notebook: bytes, kwargs: dict
     Returns ``{"evidence", "executed" (notebook JSON text or None), "worker"}``.
     Raises only for set-up failures (the data, a temporary folder), which Dask retries.
     """
+    worker = _distributed().get_worker().address
+    key = _distributed().get_worker().get_current_task()
+    deaths = _worker_deaths(key)
+    try:
+        return _remote_run(fn, name, notebook, kwargs, threads, worker, deaths)
+    finally:
+        _run_ended(key)  # not reached when the worker dies: that is what is counted
+
+
+def _remote_run(fn, name, notebook, kwargs, threads, worker, deaths) -> dict:
     from .sandbox import SandboxUnavailable, resolve
 
-    worker = _distributed().get_worker().address
-    deaths = _worker_deaths()
     if deaths >= MAX_WORKER_DEATHS:
         return {"evidence": error_evidence(
                     f"{deaths} cluster workers died while running this notebook; not run again "

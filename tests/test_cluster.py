@@ -31,7 +31,7 @@ from grader.score import score
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, physionet):
+def module_cluster(tmp_path_factory, physionet):
     """Two worker processes on 127.0.0.1, sharing the session's parsed-data cache."""
     cache = tmp_path_factory.getbasetemp() / "cache"  # the one conftest gives every test
     old = os.environ.get("GRADER_CACHE")
@@ -46,6 +46,17 @@ def cluster(tmp_path_factory, physionet):
             os.environ.pop("GRADER_CACHE", None)
         else:
             os.environ["GRADER_CACHE"] = old
+
+
+@pytest.fixture
+def cluster(module_cluster):
+    """The module's cluster with both workers up (a test before may have killed one,
+    and its nanny is still bringing it back)."""
+    from distributed import Client
+
+    with Client(module_cluster) as client:
+        client.wait_for_workers(2, timeout=60)
+    return module_cluster
 
 
 @pytest.fixture
