@@ -11,8 +11,14 @@ mkdir -p "$out"
 py=${PYTHON:-python3}
 lab=${LAB:-assignments/lab01}
 work=$(mktemp -d "${TMPDIR:-/tmp}/gpu-grade-XXXXXX")
+trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/subs"
-cp "$lab"/lab*.ipynb "$work/subs/reference_lab_01.ipynb"
+# The reference notebook (labNN.ipynb), handed in under the course's convention name_lab_NN.ipynb.
+nbs=("$lab"/lab[0-9]*.ipynb)
+[ ${#nbs[@]} -eq 1 ] && [ -f "${nbs[0]}" ] || { echo "gpu_grade.sh: want one lab<NN>.ipynb in $lab" >&2; exit 2; }
+num=$(basename "${nbs[0]}" .ipynb); num=${num#lab}
+[[ $num =~ ^[0-9]+$ ]] || { echo "gpu_grade.sh: ${nbs[0]}: no lab number in its name" >&2; exit 2; }
+cp "${nbs[0]}" "$work/subs/$(printf 'reference_lab_%02d.ipynb' "$((10#$num))")"
 
 start=$(date +%s)
 timeout "${GRADE_TIMEOUT:-400}" "$py" -m grader grade "$work/subs" --lab "$lab" --out "$work/out" \

@@ -79,15 +79,18 @@ def plain_nbclient(subs: Path) -> float:
 
 
 def grade_cli(lab: Path, subs: Path, out: Path, jobs: int, sandbox: str) -> float:
-    t = time.perf_counter()
-    _run([sys.executable, "-m", "grader.cli", "grade", str(subs), "--lab", str(lab),
-          "--out", str(out), "-j", str(jobs), "--sandbox", sandbox])
-    return time.perf_counter() - t
+    return _timed([sys.executable, "-m", "grader.cli", "grade", str(subs), "--lab", str(lab),
+                   "--out", str(out), "-j", str(jobs), "--sandbox", sandbox])
 
 
 def _rescore(out: Path, *extra: str) -> float:
+    return _timed([sys.executable, "-m", "grader.cli", "rescore", str(out), *extra])
+
+
+def _timed(cmd: list[str]) -> float:
+    """Seconds that :func:`_run` of ``cmd`` took."""
     t = time.perf_counter()
-    _run([sys.executable, "-m", "grader.cli", "rescore", str(out), *extra])
+    _run(cmd)
     return time.perf_counter() - t
 
 

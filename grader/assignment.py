@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .sandbox import Limits as SandboxLimits
+
 #: Kinds of question and the fields each one needs besides id, points, prompt.
 KINDS: dict[str, tuple[str, ...]] = {
     "integer": ("answer",),
@@ -80,6 +82,18 @@ class Limits:
     max_file_size: int = 2**30
     output_cap: int = 10 * 2**20
 
+    def to_sandbox(self, timeout: float | None = None, memory: int | None = None) -> SandboxLimits:
+        """These limits as the runner's :class:`grader.sandbox.Limits`, every field carried.
+
+        ``timeout`` (seconds) caps the notebook (and each cell), ``memory`` (bytes)
+        replaces the memory limit; ``None`` keeps the spec's.
+        """
+        return SandboxLimits(
+            cell_timeout=min(self.cell_timeout, timeout) if timeout else self.cell_timeout,
+            notebook_timeout=timeout or self.notebook_timeout,
+            memory=memory or self.memory, max_processes=self.max_processes,
+            max_file_size=self.max_file_size, output_cap=self.output_cap)
+
 
 @dataclass(frozen=True)
 class Assignment:
@@ -112,12 +126,6 @@ class Assignment:
     def measurements(self) -> list[tuple[str, str, int]]:
         """Every distinct (model variable, task, fold) to measure, in question order."""
         return list(dict.fromkeys(q.measurement for q in self.questions if q.measurement))
-
-    def question(self, qid: str) -> Question:
-        for q in self.questions:
-            if q.id == qid:
-                return q
-        raise KeyError(qid)
 
     def load_key(self) -> dict[str, Any]:
         """key.json, checked against the questions (see :func:`check_key`)."""

@@ -29,11 +29,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from reference.paths import cache_dir
+
 from .assignment import Assignment, load_assignment
 from .evidence import collect, decode_value, epilogue_code
 from .execute import execute_notebook
 from .measure import measure_models, measurement_key
-from .sandbox import Limits, gpu_for_worker, nvidia_devices, resolve, visible_gpus
+from .sandbox import gpu_for_worker, nvidia_devices, resolve, visible_gpus
 
 #: Full credit from the lowest reference value less this margin (the profile's spread
 #: across seeds adds to it).
@@ -67,18 +69,19 @@ def run_reference(assignment: Assignment, seed: int, data_dir: Path, isolation, 
     """One run of the source notebook with ``LAB_SEED=seed``: its evidence and measurements.
 
     With ``gpus``, the run gets GPU ``seed mod len(gpus)`` (and the NVIDIA device nodes,
-    which a bwrap sandbox otherwise hides)."""
+    which a bwrap sandbox otherwise hides).  The kernel reads the parsed data from the
+    cache that :func:`calibrate` warms (read-only), as grading's kernels do."""
     gpu = gpu_for_worker(seed, gpus or [])
-    env = {"LAB_SEED": str(seed), **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})}
+    cache = cache_dir()
+    env = {"LAB_SEED": str(seed), "GRADER_CACHE": str(cache),
+           **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})}
     work = Path(tempfile.mkdtemp(prefix=f"calib-{seed}-"))
     os.chmod(work, 0o755)
     try:
-        lim = assignment.limits
         result = execute_notebook(
             assignment.notebook_path, workdir=work, isolation=isolation, data_dir=data_dir,
-            limits=Limits(cell_timeout=lim.cell_timeout, notebook_timeout=lim.notebook_timeout,
-                          memory=lim.memory, max_processes=lim.max_processes),
-            env=env, epilogue=epilogue_code(assignment), threads=threads,
+            limits=assignment.limits.to_sandbox(), env=env, readonly=[cache],
+            epilogue=epilogue_code(assignment), threads=threads,
             devices=nvidia_devices() if gpu is not None else ())
         if result.status != "ok":
             first = result.errors[0] if result.errors else None

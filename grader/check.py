@@ -14,7 +14,6 @@ Example::
 from __future__ import annotations
 
 import ast
-import hashlib
 import math
 import os
 import shutil
@@ -23,13 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nbformat
-
 from .assignment import Assignment, Question, load_assignment
 from .evidence import Refused, decode_value
-from .ingest import read_submission
-
-FORM = "form"   # a row that would cost points: makes the exit code non-zero
+from .execute import load_notebook
+from .ingest import Submission, read_submission
+from .release import source_hash
 
 
 @dataclass
@@ -38,10 +35,6 @@ class Row:
     ok: bool
     detail: str
     costs_points: bool = True
-
-
-def _source_hash(source: str) -> str:
-    return hashlib.sha256(source.strip().encode()).hexdigest()
 
 
 def _finite(x: Any) -> bool:
@@ -86,10 +79,21 @@ def answer_form(q: Question, value: Any) -> str | None:
     return None
 
 
-def static_rows(path: Path, assignment: Assignment, nb) -> list[Row]:
-    """What can be told without running: name, group, locked cells, placeholders."""
+def _grader_meta(cell) -> dict:
+    """The cell's ``metadata.grader`` (``{}`` when absent or malformed: the runner
+    repairs notebooks that nbformat's strict reader refuses)."""
+    md = cell.get("metadata")
+    meta = md.get("grader") if isinstance(md, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def static_rows(path: Path, assignment: Assignment, nb,
+                sub: Submission | None = None) -> list[Row]:
+    """What can be told without running: name, group, locked cells, placeholders.
+    ``sub``: the file as ingest reads it (read here when not given)."""
     rows: list[Row] = []
-    sub = read_submission(path, path.name, assignment.number)
+    if sub is None:
+        sub = read_submission(path, path.name, assignment.number)
     nn = f"{assignment.number:02d}"
     name_flags = [f for f in sub.flags if "file name" in f or "lab number" in f]
     rows.append(Row("file name", not name_flags,
@@ -99,14 +103,14 @@ def static_rows(path: Path, assignment: Assignment, nb) -> list[Row]:
                     "; ".join(group_flags) or ", ".join(sub.members) or "no member named"))
     changed = []
     for i, cell in enumerate(nb.cells):
-        meta = cell.metadata.get("grader", {})
+        meta = _grader_meta(cell)
         if meta.get("locked") and meta.get("locked_sha256") and \
-                _source_hash(cell.source) != meta["locked_sha256"]:
+                source_hash(cell.source) != meta["locked_sha256"]:
             changed.append(str(i))
     rows.append(Row("given cells unchanged", not changed,
                     f"cells {', '.join(changed)} were changed: restore them" if changed
                     else "all given cells as handed out"))
-    tags = {c.metadata.get("grader", {}).get("answer"): c.source for c in nb.cells
+    tags = {_grader_meta(c).get("answer"): c.source for c in nb.cells
             if c.cell_type == "markdown"}
     for q in assignment.questions:
         if q.kind == "text":
@@ -120,15 +124,20 @@ def static_rows(path: Path, assignment: Assignment, nb) -> list[Row]:
 
 def check_notebook(path: str | Path, lab: str | Path | None = None, *, run: bool = True,
                    data_dir=None, sandbox: str = "auto") -> list[Row]:
-    """Every row of the check; never reads a key."""
+    """Every row of the check; never reads a key.
+
+    The file is read as grading reads it: what ingest refuses (a PDF renamed, an old
+    notebook format) fails here too, and what the runner repairs and runs passes."""
     path = Path(path).resolve()
     lab = Path(lab) if lab else path.parent
     assignment = load_assignment(lab)
-    try:
-        nb = nbformat.read(path, as_version=4)
-    except Exception as exc:
-        return [Row("notebook", False, f"{path.name}: not a readable notebook ({exc})")]
-    rows = static_rows(path, assignment, nb)
+    sub = read_submission(path, path.name, assignment.number)
+    if sub.problem:
+        return [Row("notebook", False, sub.problem)]
+    nb, problem = load_notebook(path)
+    if nb is None:
+        return [Row("notebook", False, problem or f"{path.name}: not a readable notebook")]
+    rows = static_rows(path, assignment, nb, sub)
     if not run:
         rows += saved_rows(nb, assignment)
         return rows
@@ -166,20 +175,27 @@ def saved_rows(nb, assignment: Assignment) -> list[Row]:
 
 
 def run_rows(path: Path, assignment: Assignment, data_dir, sandbox: str) -> list[Row]:
+    from reference.paths import MissingDataError, cache_dir
     from reference.paths import data_dir as resolve_data_dir
 
     from .evidence import collect, epilogue_code
     from .execute import execute_notebook
-    from .sandbox import Limits, resolve
+    from .grade import warm_data_cache
+    from .sandbox import resolve
 
     lim = assignment.limits
+    data_dir = resolve_data_dir(data_dir)
+    try:
+        warm_data_cache(data_dir)   # parsed once here; the kernel reads it, as in grading
+    except MissingDataError:
+        pass                        # the notebook's own cell reports the missing file
+    cache = cache_dir()
     work = Path(tempfile.mkdtemp(prefix="grader-check-"))
     os.chmod(work, 0o755)
     try:
         result = execute_notebook(
-            path, workdir=work, isolation=resolve(sandbox), data_dir=resolve_data_dir(data_dir),
-            limits=Limits(cell_timeout=lim.cell_timeout, notebook_timeout=lim.notebook_timeout,
-                          memory=lim.memory, max_processes=lim.max_processes),
+            path, workdir=work, isolation=resolve(sandbox), data_dir=data_dir,
+            limits=lim.to_sandbox(), env={"GRADER_CACHE": str(cache)}, readonly=[cache],
             epilogue=epilogue_code(assignment), threads=os.cpu_count() or 1)
         ev = collect(result, work, assignment)
     finally:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from .sandbox import SANDBOX_CHOICES
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="grader")
@@ -62,7 +64,7 @@ def release_cmd(lab: str, out: str) -> None:
 @click.option("--profile", type=click.Choice(["quick", "full"]), default="quick", show_default=True)
 @click.option("-j", "--jobs", default=2, show_default=True, help="Runs at a time.")
 @click.option("--data-dir", default=None, help="PhysioNet data (default: $GRADER_DATA).")
-@click.option("--sandbox", type=click.Choice(["auto", "bwrap", "unshare", "none"]), default="auto",
+@click.option("--sandbox", type=click.Choice(SANDBOX_CHOICES), default="auto",
               show_default=True)
 @click.option("--key-out", type=click.Path(dir_okay=False), default=None,
               help="Write the key here instead of LAB/key.json (e.g. to compare a GPU calibration).")
@@ -89,7 +91,7 @@ def calibrate_cmd(lab, seeds, profile, jobs, data_dir, sandbox, key_out) -> None
 @click.option("--timeout", type=float, default=None,
               help="Seconds per notebook [default: the assignment's limits].")
 @click.option("--memory", default=None, help="Memory cap per notebook, e.g. 4GiB.")
-@click.option("--sandbox", type=click.Choice(["auto", "bwrap", "unshare", "none"]), default="auto",
+@click.option("--sandbox", type=click.Choice(SANDBOX_CHOICES), default="auto",
               show_default=True, help="Isolation of student code; 'none' only if you accept it.")
 @click.option("--manual", "manual_csv", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Instructor's CSV: group,question,points,comment.")
@@ -149,7 +151,7 @@ def rescore_cmd(out, lab, manual_csv) -> None:
 @main.command("validate")
 @click.argument("lab", type=click.Path(exists=True, file_okay=False))
 @click.option("-j", "--jobs", default=2, show_default=True)
-@click.option("--sandbox", type=click.Choice(["auto", "bwrap", "unshare", "none"]), default="auto",
+@click.option("--sandbox", type=click.Choice(SANDBOX_CHOICES), default="auto",
               show_default=True)
 @click.option("--data-dir", default=None, help="PhysioNet data (default: $GRADER_DATA).")
 @click.option("--keep", default=None, type=click.Path(file_okay=False),
@@ -179,7 +181,7 @@ def validate_cmd(lab, jobs, sandbox, data_dir, keep) -> None:
               help="Folder with the lab's assignment.toml [default: the notebook's folder].")
 @click.option("--no-run", is_flag=True, help="Read the notebook as saved instead of running it.")
 @click.option("--data-dir", default=None, help="PhysioNet data (default: $GRADER_DATA).")
-@click.option("--sandbox", type=click.Choice(["auto", "bwrap", "unshare", "none"]), default="auto",
+@click.option("--sandbox", type=click.Choice(SANDBOX_CHOICES), default="auto",
               show_default=True)
 def check_cmd(notebook, lab, no_run, data_dir, sandbox) -> None:
     """Check NOTEBOOK before submitting: name, group, answers' form, given cells, errors.

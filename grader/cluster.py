@@ -93,6 +93,8 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from .evidence import empty_evidence
+
 log = logging.getLogger(__name__)
 
 MISSING_DASK = "grading on a cluster needs the dask extra: pip install 'grader[dask]'"
@@ -118,8 +120,7 @@ def _distributed():
 
 def error_evidence(message: str) -> dict:
     """The evidence of a notebook the cluster could not run (scored like run_one's)."""
-    return {"status": "grader-error", "message": message, "answers": {}, "texts": {},
-            "errors": [], "measurements": {}}
+    return empty_evidence("grader-error", message)
 
 
 # --------------------------------------------------------------------------
@@ -163,7 +164,11 @@ def _starts(key: str, delta: int) -> int:
     def count(dask_scheduler, key, delta):
         runs = dask_scheduler.__dict__.setdefault("_grader_unfinished_runs", {})
         before = runs.get(key, 0)
-        runs[key] = max(0, before + delta)
+        after = max(0, before + delta)
+        if after:
+            runs[key] = after
+        else:  # no run left: forget the task (the scheduler lives long, tasks are many)
+            runs.pop(key, None)
         return before
 
     return int(distributed.get_client().run_on_scheduler(count, key=key, delta=delta))

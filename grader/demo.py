@@ -26,6 +26,7 @@ from pathlib import Path
 import nbformat
 
 from .assignment import load_assignment
+from .moodle import ENGLISH_HEADERS, export
 from .release import student_notebook
 
 #: group label -> (members, how the notebook is changed)
@@ -36,9 +37,6 @@ GROUPS = {
     "hang": (["Émilie du Châtelet", "Grace Hopper"], "hang"),
     "blank": (["Hans Christian Ørsted", "Emmy Noether", "Hedy Lamarr"], "blank"),
 }
-WORKSHEET_HEADERS = ["Identifier", "Full name", "Email address", "Status", "Grade", "Maximum Grade",
-                     "Grade can be changed", "Last modified (submission)", "Last modified (grade)",
-                     "Feedback comments"]
 
 
 def _set_group(nb, members: list[str]) -> None:
@@ -102,7 +100,7 @@ def build_class(assignment, folder: Path) -> tuple[Path, Path]:
     wpath = folder / f"Grades-DL-Lab{nn}-{assignment.number}.csv"
     with open(wpath, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(WORKSHEET_HEADERS)
+        w.writerow(ENGLISH_HEADERS)
         w.writerows(rows)
     return zpath, wpath
 
@@ -126,13 +124,8 @@ def demo(out: str | Path = "demo-out", lab: str | Path | None = None, *, jobs: i
     grade(zpath, lab, out, jobs=jobs, timeout=timeout, data_dir=data_dir, console=console)
     paths = {"grades": out / "grades.csv", "store": out / "grader.db",
              "executed notebooks": out / "executed"}
-    try:
-        from .moodle import export
-
-        exported = export(out, worksheet=wpath)
-        paths.update({f"moodle {k}": v for k, v in dict(exported).items()})
-    except ImportError:
-        pass
+    exported = export(out, worksheet=wpath)
+    paths.update({f"moodle {k}": v for k, v in dict(exported).items()})
     if (out / "feedback").exists():
         paths["feedback PDFs"] = out / "feedback"
     if (out / "summary.pdf").exists():

@@ -56,7 +56,6 @@ MAX_DEPTH = 32
 MAX_FIGURES = 12
 MAX_FIGURE_BYTES = 1_000_000       # base64 text of one PNG
 MAX_TEXT_CHARS = 20_000            # one free-text answer
-MARKERS = ("tuple", "set", "float", "dict", "refused")
 
 
 # --------------------------------------------------------------------------
@@ -411,8 +410,11 @@ def _figures(nb) -> tuple[list[dict], int]:
     return figures, skipped
 
 
-def _histories(nb) -> dict:  # optional; not extracted (the notebook's variables are answers only)
-    return {}
+def empty_evidence(status: str, message: str | None = None) -> dict[str, Any]:
+    """Evidence of a notebook that left none (not run, unreadable, a grader error): no
+    answers, texts, errors or measurements; ``status`` and ``message`` say why."""
+    return {"status": status, "message": message, "answers": {}, "texts": {}, "errors": [],
+            "measurements": {}}
 
 
 def collect(result: "ExecutionResult", workdir: str | os.PathLike,

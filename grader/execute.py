@@ -31,6 +31,7 @@ environment) and imperative shell (:class:`_Run`) are kept apart.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import os
@@ -51,7 +52,7 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
 from traitlets import Any as AnyTrait
 
-from .sandbox import Isolation, Limits, resolve
+from .sandbox import Isolation, Limits, _size, resolve
 
 log = logging.getLogger(__name__)
 # nbclient logs a student's timeout or crash at ERROR level; the result
@@ -238,7 +239,6 @@ def kernel_env(
     data_dir: str | Path | None = None,
     threads: int = 1,
     extra: Mapping[str, str] | None = None,
-    python: str = sys.executable,
 ) -> dict[str, str]:
     """The kernel's whole environment: built from scratch, so none of the
     grader's variables (tokens, passwords) reach student code.
@@ -249,7 +249,8 @@ def kernel_env(
     rt = Path(runtime_dir)
     n = str(max(1, int(threads)))
     env = {
-        "PATH": os.pathsep.join([os.path.dirname(python), "/usr/local/bin", "/usr/bin", "/bin"]),
+        "PATH": os.pathsep.join([os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin",
+                                 "/bin"]),
         "HOME": str(workdir),
         "USER": "student",
         "LOGNAME": "student",
@@ -417,7 +418,7 @@ class OutputBudget:
         """Close the cell's account; returns whether it was truncated."""
         c = self.cells.pop(index, _CellBudget())
         if c.truncated:
-            what = f"{_human(c.dropped)} of output"
+            what = f"{_size(c.dropped)} of output"
             if c.dropped_outputs:
                 what += f" and {c.dropped_outputs} display(s)"
             note = f"\n{TRUNCATION_NOTE}: {what} not kept"
@@ -436,13 +437,6 @@ class OutputBudget:
 
     def discard(self, index: int) -> None:
         self.cells.pop(index, None)
-
-
-def _human(n: int) -> str:
-    for unit, k in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= k:
-            return f"{n / k:.1f} {unit}"
-    return f"{n} bytes"
 
 
 def _exit_description(code: int | None, namespaced: bool) -> str:
@@ -594,10 +588,27 @@ async def start_kernel_async(
     threads: int = 1,
     devices: Iterable[str | os.PathLike] = (),
 ) -> Kernel:
-    """The coroutine behind :func:`start_kernel` (same arguments)."""
+    """Launch a sandboxed kernel for a notebook to come, without waiting for it.
+
+    Returns at once (the sandboxed Python boots in its own process, while the
+    caller does other work); :func:`execute_notebook` with ``kernel=`` waits
+    for it to be ready, runs the notebook and shuts it down.  The arguments
+    are :func:`execute_notebook_async`'s launch arguments; ``workdir`` should be
+    fresh and empty, since the kernel sees it from now on.  ``devices``: device
+    nodes to pass into the sandbox (the GPUs, :func:`grader.sandbox.nvidia_devices`).
+    From synchronous code use :func:`start_kernel`.
+
+    Example::
+
+        k = await start_kernel_async(workdir=tmp / "g2", limits=Limits(cell_timeout=60),
+                                     isolation=resolve("bwrap"), hidden=[key_dir])
+        ...                                              # run the previous notebook meanwhile
+        r = await execute_notebook_async(nb, kernel=k)   # k is shut down afterwards
+    """
     limits = limits or Limits()
     isolation = isolation or resolve("auto")
     hidden = [os.fspath(h) for h in hidden]
+    readonly = [os.fspath(p) for p in readonly]
     devices = [os.fspath(d) for d in devices]
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -644,27 +655,10 @@ async def start_kernel_async(
     return kernel
 
 
-def start_kernel(
-    *,
-    workdir: str | os.PathLike,
-    limits: Limits | None = None,
-    isolation: Isolation | None = None,
-    data_dir: str | os.PathLike | None = None,
-    hidden: Iterable[str | os.PathLike] = (),
-    readonly: Iterable[str | os.PathLike] = (),
-    env: Mapping[str, str] | None = None,
-    kernel_name: str = "python3",
-    threads: int = 1,
-    devices: Iterable[str | os.PathLike] = (),
-) -> Kernel:
-    """Launch a sandboxed kernel for a notebook to come, without waiting for it.
-
-    Returns at once (the sandboxed Python boots in its own process, while the
-    caller does other work); :func:`execute_notebook` with ``kernel=`` waits
-    for it to be ready, runs the notebook and shuts it down.  The arguments
-    are :func:`execute_notebook`'s launch arguments; ``workdir`` should be
-    fresh and empty, since the kernel sees it from now on.  ``devices``: device
-    nodes to pass into the sandbox (the GPUs, :func:`grader.sandbox.nvidia_devices`).
+def start_kernel(**kw: Any) -> Kernel:
+    """Launch a sandboxed kernel for a notebook to come, without waiting for it:
+    :func:`start_kernel_async` run from synchronous code (no event loop
+    running); same arguments as :func:`start_kernel_async`, which documents them.
 
     Example::
 
@@ -673,10 +667,10 @@ def start_kernel(
         ...                                   # run the previous notebook meanwhile
         r = execute_notebook(nb, kernel=k)    # k is shut down afterwards
     """
-    return asyncio.run(start_kernel_async(
-        workdir=workdir, limits=limits, isolation=isolation, data_dir=data_dir, hidden=hidden,
-        readonly=readonly, env=env, kernel_name=kernel_name, threads=threads, devices=devices,
-    ))
+    return asyncio.run(start_kernel_async(**kw))
+
+
+start_kernel.__signature__ = inspect.signature(start_kernel_async)  # type: ignore[attr-defined]
 
 
 class _Run:
@@ -684,7 +678,7 @@ class _Run:
 
     def __init__(self, nb: NotebookNode, kernel: Kernel, epilogue: str | None):
         self.nb, self.kernel, self.epilogue = nb, kernel, epilogue
-        self.workdir, self.rt = kernel.workdir, kernel.runtime_dir
+        self.workdir = kernel.workdir
         self.limits, self.isolation = kernel.limits, kernel.isolation
         self.client = GraderClient(
             nb, kernel.km, budget=OutputBudget(self.limits.output_cap, self.limits.cell_output_cap),
@@ -853,7 +847,40 @@ async def execute_notebook_async(
     threads: int = 1,
     devices: Iterable[str | os.PathLike] = (),
 ) -> ExecutionResult:
-    """The coroutine behind :func:`execute_notebook` (same arguments)."""
+    """Run a notebook in a fresh sandboxed kernel and return what happened.
+
+    ``nb``: a path, a NotebookNode or a dict (not modified).  ``workdir``:
+    the submission's folder, the kernel's cwd and ``$HOME``, the only place
+    it may write (created if missing; made the sandbox uid's).  ``hidden``:
+    folders (or files) the kernel must not see, e.g. the assignment folder
+    with the key, the submissions, the output folder, the class's work root
+    (the work dir stays reachable inside it).  ``readonly``: extra folders
+    under the grader's home to show read-only (the home is hidden).
+    ``env``: extra variables for the kernel (its environment is otherwise
+    built from scratch, see :func:`kernel_env`).  ``devices``: device nodes
+    passed into the sandbox (GPUs).  ``epilogue``: code run in the same
+    kernel after the cells, unless the kernel timed out or died; its failure
+    goes to ``epilogue_error``, not to ``errors``.  ``threads``:
+    OpenMP/MKL/torch threads of the kernel.
+
+    ``kernel``: a kernel from :func:`start_kernel` (started ahead, while
+    something else ran) to use instead of starting one; the launch arguments
+    (``workdir`` to ``threads``, ``devices``) are then the kernel's and those
+    given here are ignored.  Either way the kernel is shut down at the end.
+
+    Bad input gives ``status="invalid"``; a failing, hanging or dying
+    notebook gives ``errors``/``timeout``/``dead``; none of them raise.
+
+    From synchronous code use :func:`execute_notebook`.
+
+    Example::
+
+        r = await execute_notebook_async(
+            nb, workdir=tmp / "g1", limits=Limits(cell_timeout=60),
+            isolation=resolve("bwrap"), hidden=[key_dir],
+            epilogue="import json; json.dump(answers, open('answers.json', 'w'))")
+        assert r.status in ("ok", "errors"), r.errors
+    """
     t0 = time.monotonic()
     if kernel is None and workdir is None:
         raise TypeError("execute_notebook needs workdir= or kernel=")
@@ -868,9 +895,10 @@ async def execute_notebook_async(
         if kernel is not None:
             description = kernel.description
             await kernel.shutdown_async()
-        else:
-            description = (isolation or resolve("auto")).describe(
-                limits or Limits(), [os.fspath(h) for h in hidden], devices)
+        elif isolation is not None:
+            description = isolation.describe(limits or Limits(), hidden, devices)
+        else:  # no resolve("auto"): its probes run sandboxes, for a file never run
+            description = "not run, no sandbox chosen; limits: " + (limits or Limits()).describe()
         return ExecutionResult(nbformat.v4.new_notebook(), "invalid", message=problem,
                                isolation=description, seconds=round(time.monotonic() - t0, 3))
     clear_outputs(node)
@@ -909,45 +937,11 @@ def _message(status: str, errors: list[CellError]) -> str | None:
     return None
 
 
-def execute_notebook(
-    nb: NotebookNode | Mapping | str | os.PathLike,
-    *,
-    workdir: str | os.PathLike | None = None,
-    kernel: Kernel | None = None,
-    limits: Limits | None = None,
-    isolation: Isolation | None = None,
-    data_dir: str | os.PathLike | None = None,
-    hidden: Iterable[str | os.PathLike] = (),
-    readonly: Iterable[str | os.PathLike] = (),
-    env: Mapping[str, str] | None = None,
-    epilogue: str | None = None,
-    kernel_name: str = "python3",
-    threads: int = 1,
-    devices: Iterable[str | os.PathLike] = (),
-) -> ExecutionResult:
-    """Run a notebook in a fresh sandboxed kernel and return what happened.
-
-    ``nb``: a path, a NotebookNode or a dict (not modified).  ``workdir``:
-    the submission's folder, the kernel's cwd and ``$HOME``, the only place
-    it may write (created if missing; made the sandbox uid's).  ``hidden``:
-    folders (or files) the kernel must not see, e.g. the assignment folder
-    with the key, the submissions, the output folder, the class's work root
-    (the work dir stays reachable inside it).  ``readonly``: extra folders
-    under the grader's home to show read-only (the home is hidden).
-    ``env``: extra variables for the kernel (its environment is otherwise
-    built from scratch, see :func:`kernel_env`).  ``devices``: device nodes
-    passed into the sandbox (GPUs).  ``epilogue``: code run in the same
-    kernel after the cells, unless the kernel timed out or died; its failure
-    goes to ``epilogue_error``, not to ``errors``.  ``threads``:
-    OpenMP/MKL/torch threads of the kernel.
-
-    ``kernel``: a kernel from :func:`start_kernel` (started ahead, while
-    something else ran) to use instead of starting one; the launch arguments
-    (``workdir`` to ``threads``, ``devices``) are then the kernel's and those
-    given here are ignored.  Either way the kernel is shut down at the end.
-
-    Bad input gives ``status="invalid"``; a failing, hanging or dying
-    notebook gives ``errors``/``timeout``/``dead``; none of them raise.
+def execute_notebook(nb: NotebookNode | Mapping | str | os.PathLike,
+                     **kw: Any) -> ExecutionResult:
+    """Run a notebook in a fresh sandboxed kernel and return what happened:
+    :func:`execute_notebook_async` run from synchronous code; same arguments
+    as :func:`execute_notebook_async`, which documents them.
 
     Safe to call from several threads at once (one event loop each); inside
     a running event loop use :func:`execute_notebook_async`.
@@ -959,8 +953,8 @@ def execute_notebook(
                              epilogue="import json; json.dump(answers, open('answers.json', 'w'))")
         assert r.status in ("ok", "errors"), r.errors
     """
-    return asyncio.run(execute_notebook_async(
-        nb, workdir=workdir, kernel=kernel, limits=limits, isolation=isolation,
-        data_dir=data_dir, hidden=hidden, readonly=readonly, env=env, epilogue=epilogue,
-        kernel_name=kernel_name, threads=threads, devices=devices,
-    ))
+    return asyncio.run(execute_notebook_async(nb, **kw))
+
+
+execute_notebook.__signature__ = inspect.signature(  # type: ignore[attr-defined]
+    execute_notebook_async)

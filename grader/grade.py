@@ -31,7 +31,7 @@ import nbformat
 from reference.paths import cache_dir, data_dir as resolve_data_dir
 
 from .assignment import Assignment, load_assignment
-from .evidence import collect, epilogue_code
+from .evidence import collect, empty_evidence, epilogue_code
 from .execute import Kernel, execute_notebook, start_kernel
 from .ingest import ingest
 from .measure import measure_models
@@ -47,11 +47,7 @@ WORK_DIR = ".work"
 
 
 def _limits(assignment: Assignment, timeout: float | None, memory: int | None) -> Limits:
-    lim = assignment.limits
-    return Limits(cell_timeout=min(lim.cell_timeout, timeout) if timeout else lim.cell_timeout,
-                  notebook_timeout=timeout or lim.notebook_timeout,
-                  memory=memory or lim.memory, max_processes=lim.max_processes,
-                  max_file_size=lim.max_file_size, output_cap=lim.output_cap)
+    return assignment.limits.to_sandbox(timeout, memory)
 
 
 def warm_data_cache(data_dir: Path) -> Path:
@@ -83,22 +79,20 @@ def start_in_fresh_workdir(work_root: Path, *, limits: Limits, isolation, data_d
 
 def run_one(nb_path: Path, *, assignment: Assignment, limits: Limits, isolation, data_dir: Path,
             work_root: Path, hidden: list[Path], executed_dir: Path, threads: int,
-            env: dict[str, str], kernels: KernelPrestart | None = None,
-            devices: Sequence[str] | None = None) -> dict:
+            env: dict[str, str], kernels: KernelPrestart | None = None) -> dict:
     """Execute one notebook, collect its evidence and measure its models. Never raises.
 
     ``kernels``: take the kernel this worker thread started ahead (the batch's
     :class:`KernelPrestart`, which fixed the launch arguments) instead of starting one.
-    ``devices``: device nodes for the kernel; ``None``: this machine's NVIDIA GPUs, unless
-    ``env`` hides them (``CUDA_VISIBLE_DEVICES=""``).
+    Else the kernel gets this machine's NVIDIA GPUs, unless ``env`` hides them
+    (``CUDA_VISIBLE_DEVICES=""``).
     """
     kernel = work = None
     try:
         if kernels is not None:
             kernel = kernels.take()
         else:
-            if devices is None:
-                devices = nvidia_devices() if env.get("CUDA_VISIBLE_DEVICES") != "" else []
+            devices = nvidia_devices() if env.get("CUDA_VISIBLE_DEVICES") != "" else []
             kernel = start_in_fresh_workdir(work_root, limits=limits, isolation=isolation,
                                             data_dir=data_dir, hidden=hidden, threads=threads,
                                             env=env, devices=devices)
@@ -113,8 +107,7 @@ def run_one(nb_path: Path, *, assignment: Assignment, limits: Limits, isolation,
         nbformat.write(result.notebook, executed_dir / nb_path.name)
         return evidence
     except Exception as exc:  # a grader bug must not cost the rest of the batch
-        return {"status": "grader-error", "message": f"{type(exc).__name__}: {exc}",
-                "answers": {}, "texts": {}, "errors": [], "measurements": {}}
+        return empty_evidence("grader-error", f"{type(exc).__name__}: {exc}")
     finally:
         if kernel is not None:
             kernel.shutdown()  # already done, unless execution itself failed
@@ -220,12 +213,15 @@ def rescore(out: str | Path, lab: str | Path | None = None, manual_csv: str | Pa
         for m in store.manual():
             manual.setdefault(m.group_key, {})[m.question] = (m.points, m.comment)
         rows, by_submission = [], {}
+        stored: dict[str, dict] = {}   # sha256 -> evidence: group members' uploads share it
         for sub in store.submissions():
-            evidence = store.evidence(sub["sha256"]) or {
-                "status": "pending", "answers": {}, "texts": {}, "errors": [], "measurements": {}}
             if sub.get("problem"):
-                evidence = {"status": "invalid", "message": sub["problem"], "answers": {},
-                            "texts": {}, "errors": [], "measurements": {}}
+                evidence = empty_evidence("invalid", sub["problem"])
+            else:
+                if sub["sha256"] not in stored:
+                    stored[sub["sha256"]] = (store.evidence(sub["sha256"])
+                                             or empty_evidence("pending"))
+                evidence = stored[sub["sha256"]]
             result = score(assignment, evidence, key, manual.get(sub["group_key"], {}))
             by_submission[sub["id"]] = [asdict(s) for s in result.questions]
             rows.append({"submission": sub, "evidence": evidence, "result": result})
@@ -310,9 +306,10 @@ def grade(submissions: str | Path, lab: str | Path, out: str | Path, *, jobs: in
         store.set_meta("lab", str(assignment.folder))
         store.add_submissions(batch)
         pending = set(store.pending_hashes())
-    todo = [s for s in batch.unique() if s.sha256 in pending and not s.problem]
+    unique = batch.unique()
+    todo = [s for s in unique if s.sha256 in pending and not s.problem]
     done_before = len({s.sha256 for s in batch if not s.problem}) - len(todo)
-    console.print(f"{len(batch)} notebook(s), {len(batch.unique())} distinct, "
+    console.print(f"{len(batch)} notebook(s), {len(unique)} distinct, "
                   f"{len(batch.problems())} unreadable; {done_before} already graded, "
                   f"{len(todo)} to run "
                   + (f"on the Dask cluster at {scheduler}" if scheduler else f"with {jobs} worker(s)")
@@ -322,7 +319,8 @@ def grade(submissions: str | Path, lab: str | Path, out: str | Path, *, jobs: in
         work_root = out / WORK_DIR
         work_root.mkdir()
         os.chmod(work_root, 0o755)
-        # Every lab's folder, not only this one's: each holds a key and a solution.
+        # Every lab's folder, not only this one's: each holds a key and a solution. The lab's
+        # own folder too: the sandbox skips a parent that is "/" or the grader's home.
         hidden = [assignment.folder, assignment.folder.parent, Path(submissions).resolve(),
                   Path(batch.root).resolve(), out,
                   work_root, *_repo_git(assignment.folder)]

@@ -209,16 +209,20 @@ def _parse_file_name(file_name: str, lab_number: int, sub: Submission) -> None:
         sub.flags.append(f"file name says lab {sub.file_lab:02d}, this is lab {lab_number:02d}")
 
 
-def _read_notebook(path: Path, name: str) -> tuple[dict | None, str | None]:
-    """(notebook JSON, None) or (None, what is wrong, naming the file)."""
+def _read_bytes(path: Path, name: str) -> tuple[bytes | None, str | None]:
+    """(the file's bytes, None) or (None, why it is not read, naming the file)."""
     try:
         size = path.stat().st_size
         if size > MAX_BYTES:
             return None, (f"{name}: file of {size / 2**20:.0f} MiB, larger than the "
                           f"{MAX_BYTES // 2**20} MiB a notebook may have (clear the outputs?)")
-        raw = path.read_bytes()
+        return path.read_bytes(), None
     except OSError as exc:
         return None, f"{name}: cannot be read ({exc.strerror or exc})"
+
+
+def _read_notebook(raw: bytes, name: str) -> tuple[dict | None, str | None]:
+    """(notebook JSON, None) or (None, what is wrong, naming the file)."""
     if not raw.strip():
         return None, f"{name}: empty file ({len(raw)} bytes), not a notebook"
     if raw.startswith(b"%PDF"):
@@ -361,10 +365,13 @@ def _hash(path: Path) -> str:
 
 def read_submission(path: Path, name: str, lab_number: int) -> Submission:
     """One file -> a :class:`Submission` (never raises for a bad file)."""
-    sub = Submission(path=path, name=name, sha256=_hash(path))
+    raw, problem = _read_bytes(path, name)
+    # Bytes read once and hashed; a file too large or unreadable is hashed by streaming.
+    sha256 = hashlib.sha256(raw).hexdigest() if raw is not None else _hash(path)
+    sub = Submission(path=path, name=name, sha256=sha256)
     sub.moodle_name, sub.moodle_id, file_name = _moodle(Path(name))
     _parse_file_name(file_name, lab_number, sub)
-    nb, problem = _read_notebook(path, name)
+    nb, problem = (None, problem) if problem else _read_notebook(raw, name)
     if problem:
         sub.problem = problem
         return sub
@@ -455,8 +462,8 @@ def extract_zip(zip_path: str | Path, dest: str | Path) -> tuple[list[str], list
 
 def ingest(path: str | Path, lab_number: int, *, extract_to: str | Path | None = None) -> Batch:
     """Read every notebook under ``path``: a folder, one ``.ipynb`` file, or a ``.zip``
-    (Moodle's "Download all submissions", extracted into ``extract_to`` or a temporary folder
-    removed when the process ends)."""
+    (Moodle's "Download all submissions", extracted into ``extract_to``, emptied first, or a
+    temporary folder removed when the process ends)."""
     root = Path(path).resolve()
     if not root.exists():
         raise FileNotFoundError(f"{path}: no such folder")
@@ -465,8 +472,14 @@ def ingest(path: str | Path, lab_number: int, *, extract_to: str | Path | None =
             dest = Path(tempfile.mkdtemp(prefix="grader-moodle-"))
             atexit.register(shutil.rmtree, dest, ignore_errors=True)
         else:
-            dest = Path(extract_to)
-            dest.mkdir(parents=True, exist_ok=True)
+            # The grader's own folder: cleared, so that a notebook missing from this download
+            # is not graded from an earlier one.
+            dest = Path(extract_to).resolve()
+            if root.is_relative_to(dest):
+                raise ZipError(f"{root}: lies inside {dest}, the folder it is extracted into")
+            if dest.exists():
+                shutil.rmtree(dest)
+            dest.mkdir(parents=True)
         _, others = extract_zip(root, dest)
         batch = ingest(dest, lab_number)
         batch.ignored = sorted(set(batch.ignored) | set(others))

@@ -26,14 +26,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-MODELS_DIR = "grader_models"
+from .evidence import MODELS_DIR, _regular_file
+
 MAX_STATE_BYTES = 512 * 2**20
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_INT = 4096            # any whole number in a model's kwargs (width, filters, layers...)
@@ -151,14 +151,12 @@ def check_config(config: Any, data) -> dict:
 
 
 def _read_regular(path: Path, root: Path, max_bytes: int, what: str) -> Path:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        raise MeasureError(f"the {what} file {path.name} was not exported") from None
-    if not stat.S_ISREG(st.st_mode) or not path.resolve().is_relative_to(root.resolve()):
-        raise MeasureError(f"the {what} file {path.name} is not a regular file of the work dir")
-    if st.st_size > max_bytes:
-        raise MeasureError(f"the {what} file {path.name} is too large ({st.st_size} bytes)")
+    """``path``, if it may be read (see :func:`grader.evidence._regular_file`), else MeasureError."""
+    why = _regular_file(path, root, max_bytes)
+    if why == "missing":
+        raise MeasureError(f"the {what} file {path.name} was not exported")
+    if why is not None:
+        raise MeasureError(f"the {what} file {path.name} cannot be read: {why}")
     return path
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import zipfile
 from collections import defaultdict
@@ -608,6 +609,21 @@ def _graded(store) -> tuple[dict[int, tuple[float, float]], set[str]]:
     return {k: (v[0], v[1]) for k, v in totals.items()}, evidence
 
 
+def _report_names(feedback_dir: Path) -> dict[str, str]:
+    """``OUT/feedback/index.json`` (submission id -> report file name, written by
+    :func:`grader.render.render_feedback`), or ``{}`` when there is none.  Two notebooks
+    of the same base name get different reports (``X.pdf``, ``X_2.pdf``): only the index
+    tells which is whose."""
+    try:
+        index = json.loads((feedback_dir / "index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(index, dict):
+        return {}
+    return {str(k): v for k, v in index.items()
+            if isinstance(v, str) and v and Path(v).name == v and v not in (".", "..")}
+
+
 def export(out: str | Path, worksheet: str | Path | None = None, *, max_grade: float = 100.0,
            now: datetime | None = None, log: Callable[[str], None] | None = None) -> dict[str, Path]:
     """Fill in Moodle's grading worksheet and write the feedback zip from ``OUT/grader.db``.
@@ -645,9 +661,10 @@ def export(out: str | Path, worksheet: str | Path | None = None, *, max_grade: f
     moodle_dir = out / "moodle"
     moodle_dir.mkdir(parents=True, exist_ok=True)
     feedback_dir = out / "feedback"
+    report_of = _report_names(feedback_dir)
     lines: list[str] = []
     zipped: list[tuple[str, Path]] = []
-    missing_pdfs: dict[str, Path] = {}
+    missing_pdfs: dict[tuple[str, str], Path] = {}
     served: set[str] = set()
     for p in people:
         row = ws.rows[p.row] if p.row is not None else None
@@ -678,10 +695,11 @@ def export(out: str | Path, worksheet: str | Path | None = None, *, max_grade: f
         grade_text = _fmt(grade, _decimals(max_text))
         ws.set(row, "grade", grade_text)
         ws.set(row, "modgrade", stamp)
-        comment = (f"{total:g} / {maximum:g} points. Report: {sub['feedback']}.pdf")
+        pdf = feedback_dir / report_of.get(str(sub["id"]), f"{sub['feedback']}.pdf")
+        comment = (f"{total:g} / {maximum:g} points. Report: {pdf.name}")
         if sub.get("problem"):
             comment = f"0 / {maximum:g} points: the notebook could not be graded. " \
-                      f"Report: {sub['feedback']}.pdf"
+                      f"Report: {pdf.name}"
         if p.via not in ("upload", "team"):
             comment += " (you uploaded nothing: graded with your group's notebook)"
         if "comments" in ws.columns:
@@ -689,7 +707,6 @@ def export(out: str | Path, worksheet: str | Path | None = None, *, max_grade: f
         if "canchange" in ws.columns and _norm(ws.cell(row, "canchange")) in ("no", "non", "nein"):
             notes.append(f"{label}: Moodle says the grade cannot be changed (locked): it will "
                          f"skip this row")
-        pdf = feedback_dir / f"{sub['feedback']}.pdf"
         lines.append(f"{label}: {grade_text} / {max_text} from group {p.group_key} "
                      f"({total:g}/{maximum:g}, via {p.via}) -> {pdf.name}"
                      + (f" [{'; '.join(p.flags)}]" if p.flags else ""))
@@ -697,9 +714,9 @@ def export(out: str | Path, worksheet: str | Path | None = None, *, max_grade: f
             zipped.append((f"{safe_name(p.name) if p.name else 'Participant'}_{p.id}"
                            f"_assignfeedback_file/{pdf.name}", pdf))
         else:
-            missing_pdfs[p.group_key] = pdf
+            missing_pdfs[(p.group_key, pdf.name)] = pdf
 
-    for key, pdf in sorted(missing_pdfs.items()):
+    for (key, _), pdf in sorted(missing_pdfs.items()):
         notes.append(f"missing PDF for the group {key}: {pdf} does not exist; its members get "
                      f"their grade but no feedback file")
     graded_hashes = {r["sha256"] for r in rows if r.get("problem") or r["sha256"] in evidence}

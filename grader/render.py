@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .measure import measurement_key
+from .score import PENDING_FEEDBACK
 
 import reports as _reports
 
@@ -74,7 +75,6 @@ MAX_TEXT_ANSWER = 2500
 MAX_FIGURE_PIXELS = 25_000_000
 # Flags a student may see: about their own upload only (others name other groups' files).
 _STUDENT_FLAGS = ("file name", "group cell", "group of")
-_PENDING_FEEDBACK = "To be graded by hand."
 
 
 # ============================================================================ data (pure)
@@ -152,7 +152,7 @@ def _members(sub: Mapping) -> list[str]:
 
 
 def _verdict_key(s) -> str:
-    if s.verdict == "manual" and s.feedback == _PENDING_FEEDBACK and not s.comment:
+    if s.verdict == "manual" and s.feedback == PENDING_FEEDBACK and not s.comment:
         return "pending"
     return s.verdict if s.verdict in VERDICT_LABELS else "ungraded"
 
@@ -217,7 +217,8 @@ def feedback_data(row: Mapping, assignment, key: Mapping, graded_at: Any) -> dic
             else None,
         })
     pending = sum(x["max_points"] for x in questions if x["verdict"] == "pending")
-    figures = [{"cell": f.get("cell"), "png": f["png"]} for f in ev.get("figures") or []
+    raw_figures = ev.get("figures") or []
+    figures = [{"cell": f.get("cell"), "png": f["png"]} for f in raw_figures
                if isinstance(f, Mapping) and png_ok(f.get("png"))]
     return {
         "course": assignment.course, "lab": assignment.number, "title": assignment.title,
@@ -230,8 +231,7 @@ def feedback_data(row: Mapping, assignment, key: Mapping, graded_at: Any) -> dic
         "message": message, "seconds": ev.get("seconds"),
         "flags": student_flags(sub.get("flags")),
         "errors": _errors(ev), "figures": figures,
-        "figures_skipped": int(ev.get("figures_skipped") or 0) + sum(
-            1 for f in ev.get("figures") or [] if not (isinstance(f, Mapping) and png_ok(f.get("png")))),
+        "figures_skipped": int(ev.get("figures_skipped") or 0) + len(raw_figures) - len(figures),
         "questions": questions, "verdicts": VERDICT_LABELS,
     }
 
@@ -277,9 +277,11 @@ def _groups(rows: Iterable[Mapping]) -> list[list[Mapping]]:
 def summary_data(rows: Iterable[Mapping], assignment, key: Mapping, generated_at: Any) -> dict:
     """Everything the instructor's summary shows.  Pure.  One entry per group and
     notebook (members who uploaded the same file count once)."""
+    rows = list(rows)
+    # The names of render_feedback (and index.json): from the rows in their own order,
+    # which decides which of two notebooks of one base name gets the "_2".
+    by_row = {id(r): name for name, rs in feedback_files(rows) for r in rs}
     groups = _groups(rows)
-    by_row = {id(r): name for name, rs in feedback_files([r for g in groups for r in g])
-              for r in rs}
     table, totals, problems, flagged = [], [], [], []
     qstats = {q.id: {"id": q.id, "prompt": q.prompt, "kind": q.kind, "exercise": q.exercise,
                      "max": q.points, "sum": 0.0, "full": 0, "missing": 0, "n": 0}
@@ -293,7 +295,8 @@ def summary_data(rows: Iterable[Mapping], assignment, key: Mapping, generated_at
         label = ", ".join(members) or f"(unknown: {sub.get('group_key')})"
         totals.append(res.total)
         table.append({"group": label, "files": sorted({x["submission"].get("file") or "" for x in rs}),
-                      "report": by_row.get(id(r), ""), "status": status,
+                      "report": ", ".join(dict.fromkeys(by_row[id(x)] for x in rs)),
+                      "status": status,
                       "exercises": [res.exercises.get(e, {}).get("points", 0.0) for e in exercises],
                       "total": res.total, "max": res.max})
         if status not in ("ok",):

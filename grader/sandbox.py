@@ -99,9 +99,10 @@ class SandboxUnavailable(RuntimeError):
 
 
 def _size(n: int) -> str:
+    """``n`` bytes for people: ``6 GiB``, ``1.18 MiB``, ``12 B``."""
     for unit, k in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
         if n >= k:
-            return f"{n / k:g} {unit}"
+            return f"{round(n / k, 2):g} {unit}"
     return f"{n} B"
 
 
@@ -344,6 +345,7 @@ def sandbox_command(
     """
     argv = list(argv)
     workdir, runtime_dir = _abs(workdir), _abs(runtime_dir)
+    readonly = [_abs(p) for p in readonly]  # once: it may be a generator
     rl = rlimit_prefix(limits, nproc=iso.nproc_enforced) if iso.rlimits else []
     if iso.mode == "none":
         return rl + argv
@@ -401,7 +403,7 @@ def sandbox_command(
     if home != "/" and os.path.isdir(home):
         mask(home)
         for root in (python_roots(argv[0] if argv else None) + package_roots()
-                     + [_abs(p) for p in readonly]):
+                     + readonly):
             if _within(root, home) and root != home and os.path.exists(root):
                 bind("--ro-bind", root)
     for h in sorted({_abs(h) for h in hidden}):
@@ -413,7 +415,7 @@ def sandbox_command(
             cmd.extend(["--ro-bind", "/dev/null", h])
     # Read-only extras outside the home (a cache under /tmp, say) would be
     # under the private /tmp or a hidden folder: bind them back on top.
-    for root in [_abs(p) for p in readonly]:
+    for root in readonly:
         if not _within(root, home) and os.path.exists(root):
             bind("--ro-bind", root)
     bind("--bind", runtime_dir)

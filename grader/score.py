@@ -27,7 +27,8 @@ from typing import Any, Mapping
 from .evidence import Refused, decode_value
 from .measure import measurement_key
 
-VERDICTS = ("correct", "partial", "wrong", "missing", "manual", "ungraded", "invalid")
+#: The feedback of a text answer that awaits the instructor's mark (reports show it as pending).
+PENDING_FEEDBACK = "To be graded by hand."
 _MISSING = object()
 
 
@@ -256,7 +257,7 @@ def _one(q, evidence: Mapping, entries: Mapping) -> QuestionScore:
         text = (evidence.get("texts") or {}).get(q.cell)
         if not isinstance(text, str) or not text.strip():
             return make(0, "missing", "No answer found.")
-        return make(0, "manual", "To be graded by hand.", text)
+        return make(0, "manual", PENDING_FEEDBACK, text)
 
     entry = entries.get(q.id)
     if q.kind != "consistency" and not isinstance(entry, dict):

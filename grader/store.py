@@ -204,8 +204,7 @@ class Store:
         return None if value is None else int(value)
 
     # ------------------------------------------------------------------ submissions
-    def add_submissions(self, batch: Batch | Iterable[Submission],
-                        lab_number: int | None = None) -> list[int]:
+    def add_submissions(self, batch: Batch | Iterable[Submission]) -> list[int]:
         """Record the batch's submissions; returns their row ids in batch order.
 
         Idempotent: the same (file, sha256) keeps its row (flags and members are refreshed).
@@ -213,7 +212,7 @@ class Store:
         scores; evidence stays, keyed by hash.
         """
         subs = list(batch)
-        lab = lab_number if lab_number is not None else getattr(batch, "lab_number", None)
+        lab = getattr(batch, "lab_number", None)
         lab = lab if lab is not None else (self.lab_number or 0)
         ids: list[int] = []
         with self._tx() as db:
@@ -246,9 +245,6 @@ class Store:
                 d[k] = _loads(d[k])
             out.append(d)
         return out
-
-    def submission(self, submission_id: int) -> dict | None:
-        return next((s for s in self.submissions() if s["id"] == submission_id), None)
 
     # ------------------------------------------------------------------ evidence
     def pending_hashes(self) -> list[str]:
@@ -288,12 +284,12 @@ class Store:
                        for h in sha256s)
 
     # ------------------------------------------------------------------ scores
-    _SCORE_KEYS = ("question", "question_id", "id", "points", "max_points", "verdict",
+    _SCORE_KEYS = ("question", "id", "points", "max_points", "verdict",
                    "feedback", "answer", "expected", "submission_id")
 
     @classmethod
     def _score_row(cls, submission_id: int, s: Mapping[str, Any]) -> tuple:
-        qid = s.get("question", s.get("question_id", s.get("id")))
+        qid = s.get("question", s.get("id"))
         if qid is None:
             raise ValueError(f"score without a question id: {dict(s)!r}")
         extra = {k: v for k, v in s.items() if k not in cls._SCORE_KEYS}

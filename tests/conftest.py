@@ -1,6 +1,7 @@
 """Shared fixtures: the real PhysioNet files named by GRADER_DATA."""
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
@@ -89,3 +90,38 @@ def tiny_lab(tmp_path) -> Path:
     (lab / "key.json").write_text(json.dumps({"questions": {
         "answer": {"expected": 42}, "ratio": {"expected": 0.25, "abs_tol": 0.01}}}))
     return lab
+
+
+# ---------------------------------------------------------------- helpers shared by test files
+
+def read_grades(out: Path) -> dict[str, dict]:
+    """The rows of ``out/grades.csv``, by file name."""
+    with open(out / "grades.csv", newline="") as fh:
+        return {row["file"]: row for row in csv.DictReader(fh)}
+
+
+def processes_matching(needle: bytes) -> list[str]:
+    """``"pid: command line"`` of live processes whose command line holds ``needle``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in cmd:
+            found.append(pid + ": " + cmd.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+def processes_with_env(marker: str) -> list[str]:
+    """Command lines of live processes whose environment holds ``marker``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes()
+            if marker.encode() in env.split(b"\0"):
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                found.append(f"{pid}: {cmd}")
+        except OSError:
+            continue
+    return found

@@ -58,3 +58,42 @@ def test_missing_key_points_to_calibrate(tmp_path):
     (folder / "key.json").unlink(missing_ok=True)
     with pytest.raises(SpecError, match="grader calibrate"):
         load_assignment(folder).load_key()
+
+
+def test_limits_to_sandbox_carries_every_field():
+    from grader.assignment import Limits
+    from grader.sandbox import Limits as SandboxLimits
+
+    lim = Limits(cell_timeout=100, notebook_timeout=300, memory=2**30, max_processes=64,
+                 max_file_size=2**20, output_cap=2**16)
+    got = lim.to_sandbox()
+    assert isinstance(got, SandboxLimits)
+    assert (got.cell_timeout, got.notebook_timeout, got.memory, got.max_processes,
+            got.max_file_size, got.output_cap) == (100, 300, 2**30, 64, 2**20, 2**16)
+    capped = lim.to_sandbox(timeout=50, memory=2**29)
+    assert (capped.cell_timeout, capped.notebook_timeout, capped.memory) == (50, 50, 2**29)
+    assert lim.to_sandbox(timeout=1000).cell_timeout == 100          # a cell never gets more
+    assert capped.max_file_size == 2**20 and capped.output_cap == 2**16
+
+
+def test_calibration_runs_with_the_full_limits_and_the_data_cache(tmp_path, monkeypatch):
+    from reference.paths import cache_dir
+
+    from grader.calibrate import run_reference
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_execute(path, **kw):
+        seen.update(kw)
+        raise Stop
+
+    monkeypatch.setattr("grader.calibrate.execute_notebook", fake_execute)
+    lab = load_assignment(LAB)
+    with pytest.raises(Stop):
+        run_reference(lab, 3, tmp_path, isolation=None)
+    assert seen["env"]["LAB_SEED"] == "3" and seen["env"]["GRADER_CACHE"] == str(cache_dir())
+    assert [str(p) for p in seen["readonly"]] == [str(cache_dir())]
+    assert seen["limits"] == lab.limits.to_sandbox()

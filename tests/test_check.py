@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from grader.assignment import Question
-from grader.check import answer_form
+from grader.check import answer_form, check_notebook
 from grader.cli import main
 
 LAB = Path(__file__).resolve().parents[1] / "assignments" / "lab01"
@@ -58,6 +58,54 @@ def test_bad_file_name_and_changed_given_cell_are_reported(handout, tmp_path):
     code, out = run_check(path, "--no-run", "--lab", handout)
     assert code == 1
     assert "file name" in out and "were changed" in out
+
+
+def test_what_ingest_refuses_fails_the_check_with_its_reason(handout, tmp_path):
+    nb = tmp_path / "lovelace_turing_lab_01.ipynb"
+    nb.write_bytes(b"%PDF-1.7 not a notebook")
+    [row] = check_notebook(nb, handout, run=False)
+    assert row.what == "notebook" and not row.ok
+    assert "a PDF document renamed .ipynb" in row.detail
+    assert run_check(nb, "--no-run", "--lab", handout)[0] == 1
+
+
+def test_what_grading_reads_the_check_reads(handout, tmp_path):
+    """A byte-order mark: nbformat's strict reader refuses it, grading runs the notebook."""
+    nb = tmp_path / "lovelace_turing_lab_01.ipynb"
+    nb.write_bytes(b"\xef\xbb\xbf" + (LAB / "lab01.ipynb").read_bytes())
+    rows = check_notebook(nb, handout, run=False)
+    assert "notebook" not in [r.what for r in rows]
+    code, out = run_check(nb, "--no-run", "--lab", handout)
+    assert code == 0, out
+
+
+def test_run_uses_the_full_limits_and_the_data_cache(handout, tmp_path, monkeypatch):
+    from reference.paths import cache_dir
+
+    from grader.assignment import load_assignment
+
+    warmed, seen = [], {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_execute(path, **kw):
+        seen.update(kw)
+        raise Stop
+
+    monkeypatch.setattr("grader.grade.warm_data_cache", lambda d: warmed.append(d) or cache_dir())
+    monkeypatch.setattr("grader.execute.execute_notebook", fake_execute)
+    nb = tmp_path / "lovelace_turing_lab_01.ipynb"
+    shutil.copy(LAB / "lab01.ipynb", nb)
+    with pytest.raises(Stop):
+        check_notebook(nb, handout, data_dir=tmp_path, sandbox="none")
+    lim = load_assignment(handout).limits
+    assert warmed == [tmp_path]
+    assert seen["env"]["GRADER_CACHE"] == str(cache_dir())
+    assert [str(p) for p in seen["readonly"]] == [str(cache_dir())]
+    assert seen["limits"] == lim.to_sandbox()
+    assert (seen["limits"].max_file_size, seen["limits"].output_cap) == (lim.max_file_size,
+                                                                         lim.output_cap)
 
 
 TOML = """

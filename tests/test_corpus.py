@@ -8,7 +8,6 @@ no process or temporary folder is left behind.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -25,13 +24,15 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from conftest import processes_matching, processes_with_env, read_grades
 from corpus import (AF_SHAPE, GOOD_SECRET, KEY_SECRET, SEED, SOLUTION_SECRET, Context,
                     write_corpus, write_lab)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# ---------------------------------------------------------------- helpers (also used by test_grade)
+# ---------------------------------------------------------------- helpers of this file
+# (read_grades and the /proc scans, shared with test_grade, are in conftest)
 
 def tree_hashes(folder: Path) -> dict[str, str]:
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -39,41 +40,10 @@ def tree_hashes(folder: Path) -> dict[str, str]:
         p.relative_to(folder).as_posix() + "/": "dir" for p in folder.rglob("*") if p.is_dir()}
 
 
-def processes_with_env(marker: str) -> list[str]:
-    """Command lines of live processes whose environment holds ``marker``."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes()
-            if marker.encode() in env.split(b"\0"):
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-                found.append(f"{pid}: {cmd}")
-        except OSError:
-            continue
-    return found
-
-
-def processes_matching(needle: bytes) -> list[str]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if needle in cmd:
-            found.append(pid + ": " + cmd.replace(b"\0", b" ").decode(errors="replace"))
-    return found
-
-
 def outputs_text(nb_path: Path) -> str:
     """Every output of an executed notebook, as text."""
     node = nbformat.read(nb_path, as_version=4)
     return json.dumps([c.get("outputs", []) for c in node.cells])
-
-
-def read_grades(out: Path) -> dict[str, dict]:
-    with open(out / "grades.csv", newline="") as fh:
-        return {row["file"]: row for row in csv.DictReader(fh)}
 
 
 class Listener:

@@ -323,3 +323,32 @@ def test_check_config_rejects_huge_or_mismatched(physionet):
                 {**ok, "name": "evil"}, {**ok, "kwargs": {"x": {"y": 1}}}, "nope"):
         with pytest.raises(MeasureError):
             check_config(bad, gait)
+
+
+def test_empty_evidence():
+    from grader.evidence import empty_evidence
+
+    assert empty_evidence("invalid", "bad.ipynb: empty file") == {
+        "status": "invalid", "message": "bad.ipynb: empty file", "answers": {}, "texts": {},
+        "errors": [], "measurements": {}}
+    a, b = empty_evidence("pending"), empty_evidence("pending")
+    assert a["message"] is None and a == b and a["answers"] is not b["answers"]
+
+
+def test_model_files_are_checked_before_reading(tmp_path):
+    from grader.measure import MeasureError, _read_regular
+
+    work = tmp_path / "work"
+    models = work / MODELS_DIR
+    models.mkdir(parents=True)
+    (models / "ok.json").write_text("{}")
+    assert _read_regular(models / "ok.json", work, 100, "config") == models / "ok.json"
+    (tmp_path / "outside.json").write_text("{}")
+    os.symlink(tmp_path / "outside.json", models / "link.json")
+    (models / "big.pt").write_bytes(b"x" * 200)
+    for name, what, says in (("missing.json", "config", "was not exported"),
+                             ("link.json", "config", "cannot be read: not a regular file"),
+                             ("big.pt", "weights", "cannot be read: 200 bytes, more than 100")):
+        with pytest.raises(MeasureError) as err:
+            _read_regular(models / name, work, 100, what)
+        assert str(err.value).startswith(f"the {what} file {name} {says}"), str(err.value)

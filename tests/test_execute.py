@@ -76,6 +76,17 @@ def test_invalid_notebook_gives_status_invalid(tmp_path):
     json.dumps(r.to_dict())
 
 
+def test_invalid_notebook_without_isolation_runs_no_sandbox_probe(tmp_path, monkeypatch):
+    import grader.execute
+
+    def no_probe(*a, **kw):
+        raise AssertionError("resolve() called for a notebook that is not run")
+
+    monkeypatch.setattr(grader.execute, "resolve", no_probe)
+    r = execute_notebook({"cells": 3}, workdir=tmp_path / "w", limits=FAST)
+    assert r.status == "invalid" and "limits: 30 s per cell" in r.isolation
+
+
 def test_output_budget_keeps_head_note_and_tail():
     budget = OutputBudget(total=10_000, per_cell=5_000, tail=100)
     outs: list = []

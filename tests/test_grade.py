@@ -1,7 +1,6 @@
 """`grader grade` and `grader rescore` end to end, on real kernels."""
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -9,15 +8,15 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import nbformat
 from click.testing import CliRunner
 
-from conftest import notebook
+from conftest import notebook, processes_matching
+from conftest import read_grades as grades
 from grader.cli import main
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def write(folder: Path, name: str, nb) -> Path:
@@ -30,9 +29,22 @@ def write(folder: Path, name: str, nb) -> Path:
     return path
 
 
-def grades(out: Path) -> dict[str, dict]:
-    with open(out / "grades.csv", newline="") as fh:
-        return {row["file"]: row for row in csv.DictReader(fh)}
+def wait_for_evidence(db_path: Path, n: int, timeout: float = 120) -> int:
+    """Poll the store at ``db_path`` until it holds ``n`` evidence rows or ``timeout``
+    seconds have passed; the last count seen."""
+    deadline = time.monotonic() + timeout
+    count = 0
+    while time.monotonic() < deadline:
+        if db_path.exists():
+            try:
+                with closing(sqlite3.connect(db_path)) as db:
+                    count = db.execute("SELECT COUNT(*) FROM evidence").fetchone()[0]
+            except sqlite3.OperationalError:
+                count = 0
+            if count >= n:
+                break
+        time.sleep(0.1)
+    return count
 
 
 def test_grade_a_small_class(tiny_lab, tmp_path, physionet):
@@ -114,16 +126,7 @@ def test_killed_batch_resumes_without_running_twice(tiny_lab, tmp_path, physione
            "--out", str(out), "-j", "1", "--data-dir", str(physionet)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db_path = out / "grader.db"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if db_path.exists():
-            try:
-                n = sqlite3.connect(db_path).execute("SELECT COUNT(*) FROM evidence").fetchone()[0]
-            except sqlite3.OperationalError:
-                n = 0
-            if n >= 2:
-                break
-        time.sleep(0.2)
+    wait_for_evidence(db_path, 2, timeout=120)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     n_killed = sqlite3.connect(db_path).execute("SELECT COUNT(*) FROM evidence").fetchone()[0]
@@ -153,19 +156,6 @@ def test_grade_refuses_a_lab_without_key(tiny_lab, tmp_path, physionet):
     assert "grader calibrate" in r.output
 
 
-def _kernels_under(folder: Path) -> list[str]:
-    """Live processes whose command line names ``folder`` (kernels: ``-f <rt>/k.json``)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if str(folder).encode() in cmd:
-            found.append(pid)
-    return found
-
-
 def test_killed_in_the_middle_of_a_long_cell_resumes(tiny_lab, tmp_path, physionet):
     """SIGKILL while a kernel runs a long cell: no kernel survives the grader, the rerun
     grades each group exactly once, with the grades of an uninterrupted run."""
@@ -188,21 +178,14 @@ def test_killed_in_the_middle_of_a_long_cell_resumes(tiny_lab, tmp_path, physion
         db_path = out / "grader.db"
         proc = subprocess.Popen(cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env=env)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                n = sqlite3.connect(db_path).execute("SELECT COUNT(*) FROM evidence").fetchone()[0]
-            except sqlite3.OperationalError:
-                n = 0
-            if n >= 1:
-                break
-            time.sleep(0.1)
+        wait_for_evidence(db_path, 1, timeout=120)
         time.sleep(2.5)     # the second notebook is now inside its 4 s cell
-        assert _kernels_under(tmp), "no kernel running at the time of the kill"
+        # kernels name the folder in their command line (``-f <rt>/k.json``)
+        assert processes_matching(str(tmp).encode()), "no kernel running at the time of the kill"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         time.sleep(1)
-        assert _kernels_under(tmp) == []            # the kernel died with the grader
+        assert processes_matching(str(tmp).encode()) == []  # the kernel died with the grader
         # A SIGKILLed grader cannot remove its temporary folders (work root, the kernel's
         # runtime dir): they stay; the later runs must add none.
         left_by_kill = set(tmp.iterdir())
@@ -224,10 +207,9 @@ def test_killed_in_the_middle_of_a_long_cell_resumes(tiny_lab, tmp_path, physion
         r = subprocess.run(cmd(whole), capture_output=True, text=True, env=env)
         assert r.returncode == 0, r.stderr
         resumed, uninterrupted = grades(out), grades(whole)
-        strip = lambda g: {f: {k: v for k, v in row.items()} for f, row in g.items()}
-        assert strip(resumed) == strip(uninterrupted)
+        assert resumed == uninterrupted
         assert [resumed[f"k{i}_lab_07.ipynb"]["total"] for i in range(4)] == ["1", "3", "1", "1"]
-        assert _kernels_under(tmp) == [] and set(tmp.iterdir()) == left_by_kill
+        assert processes_matching(str(tmp).encode()) == [] and set(tmp.iterdir()) == left_by_kill
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -203,3 +203,37 @@ def test_moodle_flat_prefix(tmp_path):
     (sub,) = ingest(tmp_path, 1).submissions
     assert sub.flags == [] and sub.moodle_id == "101"
     assert sub.file_names == ("lovelace", "turing")
+
+
+def test_zip_extracted_again_drops_the_old_files(tmp_path):
+    import zipfile
+
+    a, b = tmp_path / "a.zip", tmp_path / "b.zip"
+    with zipfile.ZipFile(a, "w") as z:
+        z.writestr("Ada Lovelace_101_assignsubmission_file/lovelace_turing_lab_01.ipynb",
+                   make_nb())
+        z.writestr("Grace Hopper_103_assignsubmission_file/hopper_lab_01.ipynb",
+                   make_nb(["Grace Hopper"]))
+    with zipfile.ZipFile(b, "w") as z:       # a later download: Grace's file is gone
+        z.writestr("Ada Lovelace_101_assignsubmission_file/lovelace_turing_lab_01.ipynb",
+                   make_nb(extra="\ny = 2"))
+    dest = tmp_path / "out" / "submissions"
+    assert len(ingest(a, 1, extract_to=dest)) == 2
+    batch = ingest(b, 1, extract_to=dest)
+    assert [s.name for s in batch] == [
+        "Ada Lovelace_101_assignsubmission_file/lovelace_turing_lab_01.ipynb"]
+    assert "y = 2" in batch.submissions[0].path.read_text(encoding="utf-8")
+    assert sorted(p.name for p in dest.rglob("*.ipynb")) == ["lovelace_turing_lab_01.ipynb"]
+
+
+def test_hash_is_of_the_raw_bytes(tmp_path, monkeypatch):
+    import hashlib
+
+    import grader.ingest as ingest_mod
+
+    good = write(tmp_path, "lovelace_lab_01.ipynb", make_nb())
+    assert read_submission(good, good.name, 1).sha256 == \
+        hashlib.sha256(good.read_bytes()).hexdigest()
+    monkeypatch.setattr(ingest_mod, "MAX_BYTES", 10)      # too large: hashed by streaming
+    sub = read_submission(good, good.name, 1)
+    assert sub.problem and sub.sha256 == hashlib.sha256(good.read_bytes()).hexdigest()

@@ -424,6 +424,47 @@ def test_missing_pdf_named_and_export_goes_on(tmp_path):
     assert moodle_grade_import(paths["worksheet"])[ADA[1]][0] == 100.0   # the grade still goes
 
 
+def test_two_notebooks_of_one_group_each_get_their_own_report(tmp_path):
+    """Ada and Alan upload different notebooks under one name: the reports are X.pdf and
+    X_2.pdf (render's OUT/feedback/index.json says whose is which); each gets their own."""
+    import json
+
+    from grader.render import feedback_files
+
+    fname = GROUPS["B"][0]
+    with zipfile.ZipFile(tmp_path / "download.zip", "w") as z:
+        for (name, pid), marker in ((ADA, "v1"), (ALAN, "v2")):
+            z.writestr(entry(prefix(name, pid), fname, "folders", False),
+                       notebook([ADA[0], ALAN[0]], marker))
+    batch = ingest(tmp_path / "download.zip", 1)
+    assert len(batch.unique()) == 2
+    out = graded_out(tmp_path / "out", batch)
+    with Store(out) as db:
+        subs = db.submissions()
+    index = {}
+    for name, rs in feedback_files([{"submission": r} for r in subs]):   # as render_feedback
+        (out / "feedback" / name).write_bytes(f"%PDF {rs[0]['submission']['sha256']}".encode())
+        index.update({str(r["submission"]["id"]): name for r in rs})
+    (out / "feedback" / "index.json").write_text(json.dumps(index))
+    assert sorted(index.values()) == ["lovelace_turing_lab_01.pdf", "lovelace_turing_lab_01_2.pdf"]
+    sha_of = {s.moodle_id: s.sha256 for s in batch}
+    name_of = {int(s["moodle_id"]): index[str(s["id"])] for s in subs}
+
+    paths = export(out, worksheet(tmp_path / "w.csv", [ADA, ALAN]), now=NOW)
+    files = moodle_feedback_import(paths["feedback zip"], {ADA[1], ALAN[1]})
+    assert set(files) == {ADA[1], ALAN[1]}
+    for _, pid in (ADA, ALAN):
+        [(pdf, data)] = files[pid]
+        assert pdf.lstrip("/") == name_of[pid]
+        assert data == f"%PDF {sha_of[str(pid)]}".encode()            # their own notebook's
+    assert files[ADA[1]][0][1] != files[ALAN[1]][0][1]
+    rows = list(csv.reader(io.StringIO(paths["worksheet"].read_text(encoding="utf-8-sig"))))
+    comments = {r[1]: r[9] for r in rows[1:]}
+    assert name_of[ADA[1]] in comments[ADA[0]] and name_of[ALAN[1]] in comments[ALAN[0]]
+    report = paths["report"].read_text()
+    assert f"-> {name_of[ADA[1]]}" in report and f"-> {name_of[ALAN[1]]}" in report
+
+
 def test_unknown_language_headers_located_by_position(tmp_path):
     batch = ingest(class_zip(tmp_path / "download.zip"), 1)
     out = graded_out(tmp_path / "out", batch)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -289,6 +290,32 @@ def test_summary_data(rows, lab, key):
     q = {x["id"]: x for x in s["questions"]}
     assert q["conv_len"]["share_full"] == pytest.approx(1 / 3)   # invalid one left out
     assert {p["status"] for p in s["problems"]} == {"errors", "invalid"}
+
+
+def test_summary_names_the_reports_index_json_names(lab, key, tmp_path, monkeypatch):
+    """Two notebooks of one base name: which one gets "_2" is decided once, in row order;
+    the summary (which groups the rows) names the same report as index.json."""
+    ev = {"status": "ok", "answers": {}, "texts": {}, "errors": [], "measurements": {}}
+    s1, s2 = "1" * 64, "2" * 64
+
+    def sub(id, sha, feedback):
+        return dict(_sub(id, ["Ann A", "Bob B"], feedback, f"u{id}/{feedback}.ipynb", sha),
+                    group_key="a_b")
+
+    rows = [_row(lab, key, sub(1, s1, "b_a_lab_01"), ev),
+            _row(lab, key, sub(2, s2, "a_b_lab_01"), ev),
+            _row(lab, key, sub(3, s1, "a_b_lab_01"), ev)]
+    monkeypatch.setattr("grader.render._render_many", lambda jobs, progress=None: None)
+    render_feedback(rows, lab, key, tmp_path, graded_at=WHEN)
+    index = json.loads((tmp_path / "feedback" / "index.json").read_text())
+    assert index == {"1": "b_a_lab_01.pdf", "2": "a_b_lab_01.pdf", "3": "a_b_lab_01_2.pdf"}
+    table = summary_data(rows, lab, key, WHEN)["table"]
+    assert len(table) == 2
+    assert [t["report"] for t in table if t["files"] == ["u2/a_b_lab_01.ipynb"]] == \
+        ["a_b_lab_01.pdf"]
+    for t in table:   # each upload's own report, in row order
+        assert t["report"].split(", ") == [index[str(r["submission"]["id"])] for r in rows
+                                           if r["submission"]["file"] in t["files"]]
 
 
 def test_untrusted_figures_are_checked():

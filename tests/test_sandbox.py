@@ -86,6 +86,19 @@ def test_bwrap_command_layers(tmp_path):
     assert cmd[-3:] == ["python", "-m", "ipykernel_launcher"]
 
 
+def test_bwrap_readonly_may_be_a_generator(tmp_path):
+    home, cache, inner = tmp_path / "home", tmp_path / "cache", tmp_path / "home" / "lib"
+    for d in (cache, inner):
+        d.mkdir(parents=True)
+    iso = Isolation("bwrap", uid=4242, userns=True, nproc_enforced=True)
+    cmd = sandbox_command(iso, ["python"], workdir=tmp_path, runtime_dir=tmp_path,
+                          limits=Limits(), home=home, readonly=(p for p in (inner, cache)))
+    s = " ".join(cmd)
+    # one inside the hidden home, one outside it: both bound back read-only
+    assert f"--tmpfs {home}" in s
+    assert f"--ro-bind {inner} {inner}" in s and f"--ro-bind {cache} {cache}" in s
+
+
 FAKE_GPU_NODES = ["/dev/nvidia-caps", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia0",
                   "/dev/nvidia1", "/dev/nvidiactl"]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from grader.assignment import Assignment, Limits, Question, load_assignment
-from grader.score import display, score
+from grader.score import PENDING_FEEDBACK, display, score
 
 
 def Q(id, kind, points=2.0, **kw):
@@ -235,6 +235,16 @@ def test_text_is_manual_until_scored():
     assert one(q, ..., None, {"texts": {"essay": "  \n"}}).verdict == "missing"
     s = one(q, ..., None, {"texts": {"essay": "Because."}}, {"essay": (2.5, "good, short")})
     assert (s.verdict, s.points, s.feedback, s.comment) == ("manual", 2.5, "good, short", "good, short")
+
+
+def test_unmarked_text_feedback_is_the_pending_constant_reports_look_for():
+    from grader.render import _verdict_key
+
+    s = one(Q("essay", "text"), ..., None, {"texts": {"essay": "Because."}})
+    assert s.feedback == PENDING_FEEDBACK and _verdict_key(s) == "pending"
+    marked = one(Q("essay", "text"), ..., None, {"texts": {"essay": "Because."}},
+                 {"essay": (1, "ok")})
+    assert _verdict_key(marked) == "manual"
 
 
 @pytest.mark.parametrize("given, points", [(5, 2.0), (-1, 0.0), (1.5, 1.5), (float("nan"), 0.0),
