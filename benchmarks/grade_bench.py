@@ -1,10 +1,14 @@
 """Seconds per notebook: plain nbclient, `grader grade -j 1`, `-j 2`, rescore of 100 groups.
 
-    python benchmarks/grade_bench.py [-n 8] [--sandbox auto] [--nbgrader PATH/TO/nbgrader]
+    python benchmarks/grade_bench.py [-n 16] [--repeat 3] [--sandbox auto]
+                                     [--nbgrader PATH/TO/nbgrader]
 
 N distinct copies of one small PyTorch notebook (each with its own group, so none is
-deduplicated) are graded against a one-question lab. Prints a table; writes nothing
-outside a temporary folder. A figure to quote, not a test.
+deduplicated) are graded against a one-question lab. Plain nbclient, ``grade -j 1`` and
+``grade -j 2`` run in interleaved rounds and the table shows each one's median (a shared
+VM's speed drifts by tens of percent from one minute to the next); each round's line
+goes to stderr. Prints a table; writes nothing outside a temporary folder. A figure to
+quote, not a test.
 
 With ``--nbgrader``, ``nbgrader autograde`` also runs on the same N notebooks. nbgrader is
 not a dependency of this project: install it in a side venv, e.g.
@@ -24,6 +28,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -268,12 +273,34 @@ def versions(nbgrader: str | None) -> str:
     return out + (f", nbgrader {nbgrader}" if nbgrader else "")
 
 
+def rounds(subs: Path, lab: Path, root: Path, n: int, repeat: int, sandbox: str,
+           say=print) -> dict[str, list[float]]:
+    """Seconds per notebook of plain nbclient, ``grade -j 1`` and ``grade -j 2``, ``repeat``
+    times each, interleaved (one of each per round), so that a machine that gets slower or
+    faster meanwhile (a VM's neighbours) weighs on all three alike."""
+    times: dict[str, list[float]] = {"plain": [], "j1": [], "j2": []}
+    for r in range(repeat):
+        times["plain"].append(plain_nbclient(subs) / n)
+        for jobs in (1, 2):
+            out = root / f"out{jobs}"
+            shutil.rmtree(out, ignore_errors=True)
+            times[f"j{jobs}"].append(grade_cli(lab, subs, out, jobs, sandbox) / n)
+        say(f"round {r + 1}/{repeat}: plain {times['plain'][-1]:.2f}, -j 1 {times['j1'][-1]:.2f}, "
+            f"-j 2 {times['j2'][-1]:.2f} s per notebook; "
+            f"-j 2 speed-up {times['j1'][-1] / times['j2'][-1]:.2f}x")
+    return times
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("-n", type=int, default=8)
+    ap.add_argument("-n", type=int, default=16, help="notebooks per run (default 16)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="rounds of plain / -j 1 / -j 2, interleaved; medians are shown (default 3)")
     ap.add_argument("--sandbox", default="auto")
     ap.add_argument("--nbgrader", default=None, help="an nbgrader executable in a side venv (optional)")
     args = ap.parse_args()
+    if args.n < 1 or args.repeat < 1:
+        ap.error("-n and --repeat must be at least 1")
     nbg_exe = nbg_version = None
     if args.nbgrader:
         try:  # before the other benches: fail fast on a wrong path
@@ -283,25 +310,31 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="grade-bench-"))
     try:
         lab, subs = make(root, args.n)
-        rows = [("plain nbclient, in sequence", plain_nbclient(subs) / args.n)]
-        rows.append(("grader grade -j 1", grade_cli(lab, subs, root / "out1", 1, args.sandbox) / args.n))
-        rows.append(("grader grade -j 2", grade_cli(lab, subs, root / "out2", 2, args.sandbox) / args.n))
-        rows.extend(rescore_100(lab, root / "out2", root))
+        say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+        times = rounds(subs, lab, root, args.n, args.repeat, args.sandbox, say)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        spread = {k: f"{min(v):.2f}-{max(v):.2f}" if len(v) > 1 else "" for k, v in times.items()}
+        rows = [("plain nbclient, in sequence", med["plain"], spread["plain"]),
+                ("grader grade -j 1", med["j1"], spread["j1"]),
+                ("grader grade -j 2", med["j2"], spread["j2"])]
+        rows.extend((name, sec, "") for name, sec in rescore_100(lab, root / "out2", root))
         if nbg_exe:
             try:
                 sec = nbgrader_autograde(nbg_exe, lab, subs, root)
             except NbgraderError as e:
                 print(f"grade_bench: nbgrader: {e}", file=sys.stderr)
                 return 1
-            rows.append(("nbgrader autograde (sequential)", sec / args.n))
+            rows.append(("nbgrader autograde (sequential)", sec / args.n, ""))
         print(f"machine: {machine()}")
         print(f"versions: {versions(nbg_version)}")
-        print(f"{args.n} notebooks, sandbox {args.sandbox}")
-        print(f"{'what':62s} {'s per notebook':>15s}")
-        for name, v in rows:
-            print(f"{name:62s} {v:15.2f}")
-        base, j1, j2 = rows[0][1], rows[1][1], rows[2][1]
-        print(f"-j 1 vs plain nbclient: {100 * (j1 / base - 1):+.0f}%;  -j 2 speed-up over -j 1: {j1 / j2:.2f}x")
+        print(f"{args.n} notebooks, sandbox {args.sandbox}, median of {args.repeat} round(s)")
+        print(f"{'what':62s} {'s per notebook':>15s} {'min-max':>11s}")
+        for name, v, rng in rows:
+            print(f"{name:62s} {v:15.2f} {rng:>11s}")
+        ratios = [a / b for a, b in zip(times["j1"], times["j2"])]
+        print(f"-j 1 vs plain nbclient: {100 * (med['j1'] / med['plain'] - 1):+.0f}%;  "
+              f"-j 2 speed-up over -j 1: {med['j1'] / med['j2']:.2f}x "
+              f"(per round: {', '.join(f'{x:.2f}' for x in ratios)})")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0

@@ -461,6 +461,20 @@ def _error_output(ename: str, evalue: str, lines: list[str]) -> NotebookNode:
 # Jupyter plumbing
 # --------------------------------------------------------------------------
 
+def without_debugger(argv: Iterable[str]) -> list[str]:
+    """ipykernel's command with :mod:`grader.kernel_launcher` in place of
+    ``ipykernel_launcher`` (the same kernel, without debugpy); any other command as it is.
+
+    >>> without_debugger(["python", "-m", "ipykernel_launcher", "-f", "k.json"])
+    ['python', '-m', 'grader.kernel_launcher', '-f', 'k.json']
+    """
+    argv = list(argv)
+    for i in range(len(argv) - 1):
+        if argv[i] == "-m" and argv[i + 1] == "ipykernel_launcher":
+            argv[i + 1] = "grader.kernel_launcher"
+    return argv
+
+
 class SandboxedKernelManager(AsyncKernelManager):
     """An :class:`AsyncKernelManager` whose kernel command runs in a sandbox.
 
@@ -478,7 +492,7 @@ class SandboxedKernelManager(AsyncKernelManager):
     owner = AnyTrait(None, allow_none=True)
 
     def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
-        cmd = super().format_kernel_cmd(extra_arguments)
+        cmd = without_debugger(super().format_kernel_cmd(extra_arguments))
         return list(self.wrap(cmd)) if self.wrap is not None else cmd
 
     def write_connection_file(self, **kwargs: Any) -> None:

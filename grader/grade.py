@@ -198,8 +198,11 @@ def wipe(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def rescore(out: str | Path, lab: str | Path | None = None, manual_csv: str | Path | None = None) -> list[dict]:
-    """Recompute every score from stored evidence; write grades.csv. Executes nothing."""
+def rescore(out: str | Path, lab: str | Path | None = None, manual_csv: str | Path | None = None,
+            *, jobs: int | None = None) -> list[dict]:
+    """Recompute every score from stored evidence; write grades.csv and the reports whose
+    content changed (``jobs`` processes at most, default: the number of cores). Executes
+    nothing."""
     out = Path(out)
     with Store(out / "grader.db") as store:
         lab = lab or store.meta().get("lab")
@@ -236,7 +239,8 @@ def rescore(out: str | Path, lab: str | Path | None = None, manual_csv: str | Pa
         with Progress(TextColumn("feedback PDFs"), BarColumn(), MofNCompleteColumn(),
                       console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task("pdf", total=len(feedback_files(rows)))
-            render_all(rows, assignment, key, out, progress=lambda: bar.advance(task))
+            render_all(rows, assignment, key, out, progress=lambda: bar.advance(task),
+                       workers=jobs or os.cpu_count() or 1)
     except (ImportError, OSError) as exc:
         # WeasyPrint without Pango (a headless GPU server, say): the grades stand.
         log.warning("feedback PDFs not written (%s: %s); grades.csv and %s are complete. "
@@ -345,7 +349,7 @@ def grade(submissions: str | Path, lab: str | Path, out: str | Path, *, jobs: in
                 prestart.close()
             wipe(work_root)
 
-    rows = rescore(out, assignment.folder, manual_csv)
+    rows = rescore(out, assignment.folder, manual_csv, jobs=jobs)
     _summary(console, rows, out)
     return rows
 

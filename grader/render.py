@@ -485,9 +485,9 @@ def render_feedback_pdf(data: Mapping, path: str | Path) -> Path:
     return _write_pdf("feedback.html.j2", {**data, "questions": questions}, Path(path))
 
 
-#: Feedback PDFs rendered in parallel processes from this many on (below, starting the
-#: processes costs more than it saves).
-PARALLEL_FROM = 16
+#: A helper process costs about as much to start (Python, WeasyPrint) as rendering a few
+#: reports: one is started for every this many reports to render, up to ``workers - 1``.
+REPORTS_PER_HELPER = 4
 DIGESTS = ".digests.json"
 
 
@@ -507,38 +507,63 @@ def report_digest(data: Mapping) -> str:
     return hashlib.sha256((_templates_digest() + blob).encode()).hexdigest()
 
 
-def _render_many(jobs: list[tuple[dict, Path]], progress=None) -> None:
-    if len(jobs) < PARALLEL_FROM or (os.cpu_count() or 1) < 2:
-        for data, path in jobs:
-            render_feedback_pdf(data, path)
-            if progress:
+def _summary_pdf(data: dict, path: Path) -> Path:
+    """Write the summary from :func:`summary_data`'s dict (the histogram drawn here)."""
+    data = {**data, "histogram": histogram_chart(data["totals"], data["max"])
+            if data["totals"] else None}
+    return _write_pdf("summary.html.j2", data, path)
+
+
+def _render_calls(calls: list[tuple[Any, tuple, bool]], workers: int = 1, progress=None) -> None:
+    """Run render calls ``(function, args, tick)``: here, and with ``workers`` > 1 also in
+    up to ``workers - 1`` helper processes, each taking the next call when it is free.
+    ``progress()`` is called after each call whose ``tick`` is true.
+
+    This process takes calls from the front, the helpers from the back, so the first call
+    (the summary, say) starts at once while the helpers boot.  WeasyPrint's layout is pure
+    Python: processes, not threads.  Spawned, not forked: the grader's kernels and threads
+    (ZeroMQ's too) must not be copied into them.
+    """
+    helpers = min(workers - 1, len(calls) // REPORTS_PER_HELPER, 7)
+    if helpers < 1:
+        for fn, args, tick in calls:
+            fn(*args)
+            if tick and progress:
                 progress()
         return
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from collections import deque
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    # WeasyPrint's layout is pure Python: processes, not threads. Spawned, so that the
-    # caller's threads and kernels are not forked along.
-    with ProcessPoolExecutor(max_workers=min(os.cpu_count() or 1, 8),
-                             mp_context=mp.get_context("spawn")) as pool:
-        for fut in as_completed([pool.submit(render_feedback_pdf, d, p) for d, p in jobs]):
-            fut.result()
-            if progress:
-                progress()
+    todo = deque(calls)
+    running: dict = {}
+    with ProcessPoolExecutor(max_workers=helpers, mp_context=mp.get_context("spawn")) as pool:
+        try:
+            while todo or running:
+                for fut in [f for f in running if f.done()]:
+                    fut.result()  # a helper's error is this call's error
+                    if running.pop(fut) and progress:
+                        progress()
+                while todo and len(running) < helpers:
+                    fn, args, tick = todo.pop()
+                    running[pool.submit(fn, *args)] = tick
+                if todo:
+                    fn, args, tick = todo.popleft()
+                    fn(*args)
+                    if tick and progress:
+                        progress()
+                elif running:
+                    wait(running, return_when=FIRST_COMPLETED)
+        except BaseException:
+            for fut in running:
+                fut.cancel()
+            raise
 
 
-def render_feedback(rows: list[Mapping], assignment, key: Mapping, out: str | Path, *,
-                    graded_at: Any = None, progress=None) -> list[Path]:
-    """One PDF per group in ``OUT/feedback/`` (see :func:`feedback_files` for the names).
-    Also writes ``OUT/feedback/index.json``: submission id -> file name.
-
-    A PDF whose content would not change (same :func:`report_digest`) is kept as it is,
-    date included: after a change to one group's manual score, one PDF is rendered.
-    ``progress()`` is called once per group.
-    """
-    folder = Path(out) / "feedback"
-    folder.mkdir(parents=True, exist_ok=True)
-    graded_at = graded_at or _now()
+def _plan_feedback(rows: list[Mapping], assignment, key: Mapping, folder: Path, graded_at,
+                   progress=None) -> tuple[list[Path], list[tuple[dict, Path]], dict, dict]:
+    """Which feedback PDFs to (re)write: ``(paths, todo, index, digests)``; ``progress()``
+    for each report kept as it is."""
     try:
         old = json.loads((folder / DIGESTS).read_text())
     except (OSError, ValueError):
@@ -556,24 +581,50 @@ def render_feedback(rows: list[Mapping], assignment, key: Mapping, out: str | Pa
         paths.append(path)
         for r in rs:
             index[str(r["submission"].get("id"))] = name
-    _render_many(todo, progress)
+    return paths, todo, index, digests
+
+
+def _write_index(folder: Path, index: dict, digests: dict) -> None:
     (folder / "index.json").write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
     (folder / DIGESTS).write_text(json.dumps(digests, indent=0, sort_keys=True) + "\n")
+
+
+def render_feedback(rows: list[Mapping], assignment, key: Mapping, out: str | Path, *,
+                    graded_at: Any = None, progress=None, workers: int = 1) -> list[Path]:
+    """One PDF per group in ``OUT/feedback/`` (see :func:`feedback_files` for the names).
+    Also writes ``OUT/feedback/index.json``: submission id -> file name.
+
+    A PDF whose content would not change (same :func:`report_digest`) is kept as it is,
+    date included: after a change to one group's manual score, one PDF is rendered.
+    ``progress()`` is called once per group.  ``workers``: processes that may render at
+    once (this one included); helpers start only when there are enough reports.
+    """
+    folder = Path(out) / "feedback"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, todo, index, digests = _plan_feedback(rows, assignment, key, folder,
+                                                 graded_at or _now(), progress)
+    _render_calls([(render_feedback_pdf, job, True) for job in todo], workers, progress)
+    _write_index(folder, index, digests)
     return paths
 
 
 def render_summary(rows: list[Mapping], assignment, key: Mapping, out: str | Path, *,
                    generated_at: Any = None) -> Path:
     """``OUT/summary.pdf``: distribution, per-question statistics, problems, flags, grades."""
-    data = summary_data(rows, assignment, key, generated_at or _now())
-    data["histogram"] = histogram_chart(data["totals"], data["max"]) if data["totals"] else None
-    return _write_pdf("summary.html.j2", data, Path(out) / "summary.pdf")
+    return _summary_pdf(summary_data(rows, assignment, key, generated_at or _now()),
+                        Path(out) / "summary.pdf")
 
 
 def render_all(rows: list[Mapping], assignment, key: Mapping, out: str | Path,
-               progress=None) -> dict:
-    """Every report: ``{"feedback": [paths], "summary": path}``."""
+               progress=None, workers: int = 1) -> dict:
+    """Every report: ``{"feedback": [paths], "summary": path}``, rendered by up to
+    ``workers`` processes (see :func:`render_feedback`)."""
     now = _now()
-    return {"feedback": render_feedback(rows, assignment, key, out, graded_at=now,
-                                        progress=progress),
-            "summary": render_summary(rows, assignment, key, out, generated_at=now)}
+    folder = Path(out) / "feedback"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, todo, index, digests = _plan_feedback(rows, assignment, key, folder, now, progress)
+    summary = Path(out) / "summary.pdf"
+    _render_calls([(_summary_pdf, (summary_data(rows, assignment, key, now), summary), False)]
+                  + [(render_feedback_pdf, job, True) for job in todo], workers, progress)
+    _write_index(folder, index, digests)
+    return {"feedback": paths, "summary": summary}

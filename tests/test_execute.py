@@ -19,6 +19,7 @@ from grader.execute import (
     execute_notebook,
     load_notebook,
     start_kernel,
+    without_debugger,
 )
 from grader.sandbox import GiB, MiB, Limits, resolve
 
@@ -206,6 +207,24 @@ def test_epilogue_error_is_separate(tmp_path):
     r = run(tmp_path, "x = 1", epilogue="raise ValueError('no answers')")
     assert r.status == "ok" and r.errors == []
     assert r.epilogue_error.startswith("ValueError: no answers")
+
+
+def test_kernel_runs_without_a_debugger_in_its_own_folder(tmp_path):
+    """Kernels boot through grader.kernel_launcher: ipykernel without debugpy (a third
+    less start-up CPU), and, as with ipykernel_launcher, a notebook's own files import."""
+    r = run(tmp_path, "import sys\nprint(sorted(m for m in ('debugpy', 'pydevd') "
+                      "if sys.modules.get(m)), sys.argv[0].endswith('kernel_launcher.py'))",
+            "open('mine.py', 'w').write('X = 7')\nimport mine\nprint(mine.X)")
+    assert r.status == "ok", r.errors
+    assert texts(r.notebook.cells[0]).split() == ["[]", "True"]
+    assert texts(r.notebook.cells[1]).strip() == "7"
+
+
+def test_only_ipykernels_command_changes():
+    assert without_debugger(["/v/bin/python", "-m", "ipykernel_launcher", "-f", "k.json"]) == \
+        ["/v/bin/python", "-m", "grader.kernel_launcher", "-f", "k.json"]
+    other = ["julia", "-i", "kernel.jl", "{connection_file}"]
+    assert without_debugger(other) == other
 
 
 def test_kernel_env_is_minimal(tmp_path, monkeypatch):

@@ -256,15 +256,28 @@ def test_unchanged_reports_are_kept_changed_ones_rendered(rows, lab, key, tmp_pa
 
 
 def test_many_reports_render_in_processes_as_in_one(rows, lab, key, tmp_path, monkeypatch):
-    serial = render_feedback(rows, lab, key, tmp_path / "serial", graded_at=WHEN)
-    monkeypatch.setattr("grader.render.PARALLEL_FROM", 1)
+    monkeypatch.setattr("grader.render._now", lambda: WHEN)
+    serial = render_all(rows, lab, key, tmp_path / "serial")
+    monkeypatch.setattr("grader.render.REPORTS_PER_HELPER", 1)
     ticks = []
-    parallel = render_feedback(rows, lab, key, tmp_path / "parallel", graded_at=WHEN,
-                               progress=lambda: ticks.append(1))
-    assert [p.name for p in parallel] == [p.name for p in serial]
-    assert len(ticks) == len(parallel)
-    for a, b in zip(serial, parallel):
+    parallel = render_all(rows, lab, key, tmp_path / "parallel", workers=3,
+                          progress=lambda: ticks.append(1))
+    assert [p.name for p in parallel["feedback"]] == [p.name for p in serial["feedback"]]
+    assert len(ticks) == len(parallel["feedback"])
+    for a, b in zip(serial["feedback"] + [serial["summary"]],
+                    parallel["feedback"] + [parallel["summary"]]):
         assert _text(b) == _text(a)
+
+
+def test_a_helper_process_that_fails_fails_the_render(rows, lab, key, tmp_path, monkeypatch):
+    """A report a helper could not write is an error here, not a missing file."""
+    monkeypatch.setattr("grader.render.REPORTS_PER_HELPER", 1)
+    folder = tmp_path / "out"
+    (folder / "feedback").mkdir(parents=True)
+    blocked = feedback_files(rows)[-1][0]    # the helpers take from the back
+    (folder / "feedback" / blocked).mkdir()  # a folder where its PDF must go
+    with pytest.raises(OSError):
+        render_all(rows, lab, key, folder, workers=2)
 
 
 # ---------------------------------------------------------------- pure parts
@@ -305,7 +318,7 @@ def test_summary_names_the_reports_index_json_names(lab, key, tmp_path, monkeypa
     rows = [_row(lab, key, sub(1, s1, "b_a_lab_01"), ev),
             _row(lab, key, sub(2, s2, "a_b_lab_01"), ev),
             _row(lab, key, sub(3, s1, "a_b_lab_01"), ev)]
-    monkeypatch.setattr("grader.render._render_many", lambda jobs, progress=None: None)
+    monkeypatch.setattr("grader.render._render_calls", lambda calls, workers=1, progress=None: None)
     render_feedback(rows, lab, key, tmp_path, graded_at=WHEN)
     index = json.loads((tmp_path / "feedback" / "index.json").read_text())
     assert index == {"1": "b_a_lab_01.pdf", "2": "a_b_lab_01.pdf", "3": "a_b_lab_01_2.pdf"}
