@@ -1,6 +1,6 @@
 """Seconds per notebook: plain nbclient, `grader grade -j 1`, `-j 2`, rescore of 100 groups.
 
-    python benchmarks/grade_bench.py [-n 16] [--repeat 3] [--sandbox auto]
+    python benchmarks/grade_bench.py [-n 24] [--repeat 3] [--sandbox auto]
                                      [--nbgrader PATH/TO/nbgrader]
 
 N distinct copies of one small PyTorch notebook (each with its own group, so none is
@@ -293,7 +293,8 @@ def rounds(subs: Path, lab: Path, root: Path, n: int, repeat: int, sandbox: str,
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("-n", type=int, default=16, help="notebooks per run (default 16)")
+    ap.add_argument("-n", type=int, default=24,
+                    help="notebooks per run (default 24, a class of about 70 students)")
     ap.add_argument("--repeat", type=int, default=3,
                     help="rounds of plain / -j 1 / -j 2, interleaved; medians are shown (default 3)")
     ap.add_argument("--sandbox", default="auto")
