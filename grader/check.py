@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from .assignment import Assignment, Question, load_assignment
-from .evidence import Refused, decode_value
+from .evidence import decode_value
 from .execute import load_notebook
 from .ingest import Submission, read_submission
 from .release import source_hash
+from .score import form_problem
 
 
 @dataclass
@@ -37,45 +38,30 @@ class Row:
     costs_points: bool = True
 
 
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def answer_form(q: Question, value: Any) -> str | None:
     """Why ``value`` has not the form ``q`` needs (None: it has). Pure; knows no key.
 
+    What scoring refuses (:func:`grader.score.form_problem`), and what scores 0 although
+    the form is right: no answer yet, a number that is not finite, a rate outside [0, 1],
+    a pick that is not one of the choices.
+
     >>> from grader.assignment import Question
     >>> answer_form(Question("c", 1, "choice", "p", answer="c", choices=("A", "B")), "E")
-    "'E' is not one of the choices A, B"
+    "'E' is not one of the choices (A, B)."
     """
-    if isinstance(value, Refused):
-        return f"not a plain value (a {value.type_name})"
     if value is None:
         return "still None: no answer yet"
-    if q.kind == "integer":
-        if isinstance(value, bool) or not (isinstance(value, int) or
-                                           (isinstance(value, float) and value.is_integer())):
-            return f"expected a whole number, got {value!r}"
-    elif q.kind in ("number", "consistency"):
-        if not _finite(value):
-            return f"expected a finite number, got {value!r}"
-        if q.kind == "consistency" and not 0.0 <= float(value) <= 1.0:
-            return f"a rate lies between 0 and 1, got {value!r}"
-    elif q.kind == "tuple":
-        if not isinstance(value, (tuple, list)) or not all(
-                isinstance(v, int) and not isinstance(v, bool) for v in value):
-            return f"expected a tuple of whole numbers, got {value!r}"
-    elif q.kind == "choice":
-        if str(value).strip().casefold() not in {c.casefold() for c in q.choices}:
-            return f"{value!r} is not one of the choices {', '.join(q.choices)}"
-    elif q.kind == "multi":
-        if not isinstance(value, (set, frozenset, list, tuple)):
-            return f"expected a set of choices, got {value!r}"
-        bad = [v for v in value if str(v).casefold() not in {c.casefold() for c in q.choices}]
+    why = form_problem(q, value)
+    if why is not None:
+        return why
+    if q.kind in ("number", "consistency") and not math.isfinite(value):
+        return f"expected a finite number, got {value!r}"
+    if q.kind == "consistency" and not 0.0 <= value <= 1.0:
+        return f"a rate lies between 0 and 1, got {value!r}"
+    if q.kind == "multi":
+        bad = [v for v in value if v.strip().casefold() not in {c.casefold() for c in q.choices}]
         if bad:
-            return f"{bad[0]!r} is not one of the choices {', '.join(q.choices)}"
-        if not value:
-            return "the set is empty"
+            return f"{bad[0]!r} is not one of the choices ({', '.join(q.choices)})."
     return None
 
 

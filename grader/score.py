@@ -126,22 +126,55 @@ def _type_word(v: Any) -> str:
             list: "a list", dict: "a dict", type(None): "None"}.get(type(v), type(v).__name__)
 
 
+def form_problem(q, a: Any) -> str | None:
+    """Why the decoded answer ``a`` cannot be compared for question ``q`` (it then scores 0,
+    verdict "invalid"), else None. Pure; knows no key: ``grader check`` tells students the
+    same, before they submit.
+
+    >>> from grader.assignment import Question
+    >>> form_problem(Question("s", 1, "tuple", "p", answer="s"), (2.0, 3)) is None
+    True
+    >>> form_problem(Question("c", 1, "choice", "p", answer="c", choices=("A", "B")), 1)
+    'expected one of the choices (A, B), got a whole number.'
+    """
+    if isinstance(a, Refused):
+        return f"The answer is not a plain value (a {a.type_name})."
+    if q.kind == "integer" and _as_int(a) is None:
+        return f"expected a whole number, got {_type_word(a)}."
+    if q.kind in ("number", "consistency") and not _is_number(a):
+        return f"expected a number, got {_type_word(a)}."
+    if q.kind == "tuple":
+        if not isinstance(a, (tuple, list)):
+            return f"expected a tuple of whole numbers, got {_type_word(a)}."
+        bad = [x for x in a if _as_int(x) is None]
+        if bad:
+            return f"expected a tuple of whole numbers; it holds {_type_word(bad[0])}."
+    if q.kind == "choice":
+        if not isinstance(a, str):
+            return f"expected one of the choices ({', '.join(q.choices)}), got {_type_word(a)}."
+        if a.strip().casefold() not in {c.casefold() for c in q.choices}:
+            return f"{a!r} is not one of the choices ({', '.join(q.choices)})."
+    if q.kind == "multi":
+        if not isinstance(a, (frozenset, set, list, tuple)):
+            return f"expected a set of choices ({', '.join(q.choices)}), got {_type_word(a)}."
+        if not all(isinstance(x, str) for x in a):
+            return "expected a set of names (strings)."
+    return None
+
+
 # --------------------------------------------------------------------------
-# Per kind: (fraction of points, verdict, feedback)
+# Per kind, for an answer of the right form (see form_problem):
+# (fraction of points, verdict, feedback)
 # --------------------------------------------------------------------------
 
 def _integer(q, a, entry):
-    exp = entry["expected"]
     n = _as_int(a)
-    if n is None:
-        return 0.0, "invalid", f"expected a whole number, got {_type_word(a)}."
-    return (1.0, "correct", "Correct.") if n == exp else (0.0, "wrong", "Not the expected number.")
+    return (1.0, "correct", "Correct.") if n == entry["expected"] else \
+        (0.0, "wrong", "Not the expected number.")
 
 
 def _number(q, a, entry):
     exp = float(entry["expected"])
-    if not _is_number(a):
-        return 0.0, "invalid", f"expected a number, got {_type_word(a)}."
     a = float(a)
     if not math.isfinite(a):
         return 0.0, "wrong", f"{display(a)} is not a finite number."
@@ -155,33 +188,19 @@ def _number(q, a, entry):
 
 def _tuple(q, a, entry):
     exp = [int(x) for x in entry["expected"]]
-    if not isinstance(a, (tuple, list)):
-        return 0.0, "invalid", f"expected a tuple of whole numbers, got {_type_word(a)}."
     items = [_as_int(x) for x in a]
-    if any(x is None for x in items):
-        bad = next(x for x, n in zip(a, items) if n is None)
-        return 0.0, "invalid", f"expected a tuple of whole numbers; it holds {_type_word(bad)}."
     if len(items) != len(exp):
         return 0.0, "wrong", f"expected {len(exp)} values, got {len(items)}."
     return (1.0, "correct", "Correct.") if items == exp else (0.0, "wrong", "Not the expected values.")
 
 
 def _choice(q, a, entry):
-    if not isinstance(a, str):
-        return 0.0, "invalid", f"expected one of the choices ({', '.join(q.choices)}), got {_type_word(a)}."
-    got = a.strip().casefold()
-    if got not in {c.casefold() for c in q.choices}:
-        return 0.0, "invalid", f"{a!r} is not one of the choices ({', '.join(q.choices)})."
-    if got == str(entry["expected"]).strip().casefold():
+    if a.strip().casefold() == str(entry["expected"]).strip().casefold():
         return 1.0, "correct", "Correct."
     return 0.0, "wrong", "Not the expected choice."
 
 
 def _multi(q, a, entry):
-    if not isinstance(a, (frozenset, list, tuple)):
-        return 0.0, "invalid", f"expected a set of choices ({', '.join(q.choices)}), got {_type_word(a)}."
-    if not all(isinstance(x, str) for x in a):
-        return 0.0, "invalid", "expected a set of names (strings)."
     picked = {x.strip().casefold() for x in a}
     exp = {str(x).strip().casefold() for x in entry["expected"]}
     unknown = sorted(picked - {c.casefold() for c in q.choices})
@@ -229,8 +248,6 @@ def _metric(q, evidence, entry):
 
 
 def _consistency(q, a, evidence, entry):
-    if not _is_number(a):
-        return 0.0, "invalid", f"expected a number, got {_type_word(a)}."
     value, why = _measured(q, evidence)
     if value is None:
         return 0.0, "wrong", f"Cannot be checked: {why}."
@@ -282,10 +299,10 @@ def _one(q, evidence: Mapping, entries: Mapping) -> QuestionScore:
         a = decode_value(raw)
     except Exception:  # evidence not validated by collect(): treat as unreadable
         a = Refused("unreadable")
-    if isinstance(a, Refused):
-        return make(0, "invalid", f"The answer is not a plain value (a {a.type_name}).",
-                    display(a), expected)
     shown = display(a)
+    why = form_problem(q, a)
+    if why is not None:
+        return make(0, "invalid", why, shown, expected)
     try:
         if q.kind == "integer":
             r = _integer(q, a, entry)

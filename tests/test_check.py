@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import nbformat
 import pytest
@@ -13,6 +14,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from grader.assignment import Question
 from grader.check import answer_form, check_notebook
 from grader.cli import main
+from grader.score import score
 
 LAB = Path(__file__).resolve().parents[1] / "assignments" / "lab01"
 
@@ -149,17 +151,46 @@ def test_running_check_reports_form_of_each_answer(tmp_path, physionet):
     code, out = run_check(path, "--data-dir", physionet, "--sandbox", "none")
     assert code == 1
     assert "expected a whole number" in out
-    assert "'E' is not one of the choices A, B" in out
+    assert "'E' is not one of the choices (A, B)" in out
     assert "ZeroDivisionError" in out
     assert "answered, right form" in out                 # shape
 
 
 @pytest.mark.parametrize("kind, value, ok", [
     ("integer", 4130, True), ("integer", True, False), ("integer", 15.0, True),
-    ("number", float("nan"), False), ("number", 0.45, True),
-    ("consistency", 1.5, False), ("tuple", (8, 30, 64), True), ("tuple", (8.0, 30), False),
-    ("multi", {"sigmoid", "tanh"}, True), ("multi", {"softmax"}, False), ("multi", set(), False),
+    ("number", float("nan"), False), ("number", 0.45, True), ("number", "0.45", False),
+    ("consistency", 1.5, False), ("tuple", (8, 30, 64), True), ("tuple", (8.0, 30), True),
+    ("tuple", (8.5, 30), False), ("choice", "ReLU ", True), ("choice", 1, False),
+    ("multi", frozenset({"sigmoid", "tanh"}), True), ("multi", frozenset({"softmax"}), False),
+    ("multi", frozenset(), True), ("multi", (1, 2), False), ("integer", None, False),
 ])
 def test_answer_form(kind, value, ok):
     q = Question("q", 1, kind, "p", answer="q", choices=("sigmoid", "tanh", "relu"))
     assert (answer_form(q, value) is None) == ok
+
+
+@pytest.mark.parametrize("kind, value", [
+    ("integer", 15.0), ("integer", 3.5), ("integer", True), ("tuple", (8.0, 30)),
+    ("tuple", (8.5, 30)), ("tuple", "8, 30"), ("choice", 1), ("choice", "softmax"),
+    ("choice", " Tanh"), ("multi", frozenset()), ("multi", (1, 2)), ("multi", "tanh"),
+    ("number", "0.45"), ("number", 0.45),
+])
+def test_check_refuses_the_forms_scoring_refuses(kind, value):
+    """For these forms, what `grader check` calls a wrong form is what scoring marks
+    "invalid" (0 points), and the other way round: a student is never told a form is fine
+    that then scores 0 as invalid, nor warned about a form that the grader compares."""
+    q = Question("q", 1, kind, "p", answer="q", choices=("sigmoid", "tanh", "relu"))
+    expected = {"integer": 15, "tuple": [8, 30], "choice": "tanh", "multi": ["tanh"],
+                "number": 0.45}[kind]
+    verdict = score(SimpleNamespace(questions=[q]), {"answers": {"q": _encoded(value)}},
+                    {"questions": {"q": {"expected": expected}}}).questions[0].verdict
+    assert (answer_form(q, value) is None) == (verdict != "invalid"), verdict
+
+
+def _encoded(v):
+    """``v`` as the kernel's epilogue writes it into the evidence."""
+    if isinstance(v, tuple):
+        return {"tuple": [_encoded(x) for x in v]}
+    if isinstance(v, frozenset):
+        return {"set": sorted(_encoded(x) for x in v)}
+    return v
