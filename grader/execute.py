@@ -463,12 +463,17 @@ def _error_output(ename: str, evalue: str, lines: list[str]) -> NotebookNode:
 
 def without_debugger(argv: Iterable[str]) -> list[str]:
     """ipykernel's command with :mod:`grader.kernel_launcher` in place of
-    ``ipykernel_launcher`` (the same kernel, without debugpy); any other command as it is.
+    ``ipykernel_launcher`` (the same kernel, without debugpy), when it runs this
+    interpreter (jupyter_client puts ``sys.executable`` for a kernelspec's ``python``);
+    a kernelspec of another Python, which may lack the grader, or another kernel: as it is.
 
-    >>> without_debugger(["python", "-m", "ipykernel_launcher", "-f", "k.json"])
-    ['python', '-m', 'grader.kernel_launcher', '-f', 'k.json']
+    >>> import sys
+    >>> without_debugger([sys.executable, "-m", "ipykernel_launcher", "-f", "k.json"])[1:]
+    ['-m', 'grader.kernel_launcher', '-f', 'k.json']
     """
     argv = list(argv)
+    if not argv or os.path.abspath(argv[0]) != os.path.abspath(sys.executable):
+        return argv
     for i in range(len(argv) - 1):
         if argv[i] == "-m" and argv[i + 1] == "ipykernel_launcher":
             argv[i + 1] = "grader.kernel_launcher"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -220,9 +221,12 @@ def test_kernel_runs_without_a_debugger_in_its_own_folder(tmp_path):
     assert texts(r.notebook.cells[1]).strip() == "7"
 
 
-def test_only_ipykernels_command_changes():
-    assert without_debugger(["/v/bin/python", "-m", "ipykernel_launcher", "-f", "k.json"]) == \
-        ["/v/bin/python", "-m", "grader.kernel_launcher", "-f", "k.json"]
+def test_only_ipykernels_command_on_this_python_changes():
+    assert without_debugger([sys.executable, "-m", "ipykernel_launcher", "-f", "k.json"]) == \
+        [sys.executable, "-m", "grader.kernel_launcher", "-f", "k.json"]
+    # a user's kernelspec for another Python (which may not have the grader): as it is
+    foreign = ["/opt/other-env/bin/python", "-m", "ipykernel_launcher", "-f", "k.json"]
+    assert without_debugger(foreign) == foreign
     other = ["julia", "-i", "kernel.jl", "{connection_file}"]
     assert without_debugger(other) == other
 
