@@ -118,9 +118,13 @@ def _distributed():
     return distributed
 
 
-def error_evidence(message: str) -> dict:
-    """The evidence of a notebook the cluster could not run (scored like run_one's)."""
-    return empty_evidence("grader-error", message)
+def _grader_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("grader")
+    except PackageNotFoundError:
+        return None
 
 
 # --------------------------------------------------------------------------
@@ -221,7 +225,7 @@ def _remote_run(fn, name, notebook, kwargs, threads, worker, deaths) -> dict:
     from .sandbox import SandboxUnavailable, resolve
 
     if deaths >= MAX_WORKER_DEATHS:
-        return {"evidence": error_evidence(
+        return {"evidence": empty_evidence("grader-error", 
                     f"{deaths} cluster workers died while running this notebook; not run again "
                     "(a notebook that kills its kernel gets 'dead', so suspect the worker: "
                     "memory, GPU, node failure)"),
@@ -230,10 +234,10 @@ def _remote_run(fn, name, notebook, kwargs, threads, worker, deaths) -> dict:
     try:
         isolation = resolve(local.requested or "auto")
     except SandboxUnavailable as exc:
-        return {"evidence": error_evidence(f"worker {worker}: {exc}"), "executed": None,
+        return {"evidence": empty_evidence("grader-error", f"worker {worker}: {exc}"), "executed": None,
                 "worker": worker}
     if _STRENGTH[isolation.mode] < _STRENGTH[local.mode]:
-        return {"evidence": error_evidence(
+        return {"evidence": empty_evidence("grader-error", 
                     f"worker {worker}: sandbox {isolation.mode!r} is weaker than the "
                     f"instructor's {local.mode!r}; install bubblewrap there or pass --sandbox"),
                 "executed": None, "worker": worker}
@@ -265,15 +269,9 @@ def _remote_run(fn, name, notebook, kwargs, threads, worker, deaths) -> dict:
 
 def _probe_worker(sandbox: str, instructor_data: str | None = None) -> dict:
     """What one worker offers: grader version, sandbox, data, GPUs (see workers())."""
-    from importlib.metadata import PackageNotFoundError, version
-
     from .sandbox import resolve
 
-    try:
-        grader_version = version("grader")
-    except PackageNotFoundError:
-        grader_version = None
-    info: dict[str, Any] = {"grader": grader_version,
+    info: dict[str, Any] = {"grader": _grader_version(),
                             "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}
     try:
         iso = resolve(sandbox)  # type: ignore[arg-type]
@@ -320,12 +318,12 @@ class ClusterFuture:
         except distributed.TimeoutError:
             raise
         except distributed.client.FutureCancelledError as exc:
-            return error_evidence(f"cancelled on the cluster: {exc}")
+            return empty_evidence("grader-error", f"cancelled on the cluster: {exc}")
         except Exception as exc:  # KilledWorker, set-up failures after the retry, unpickling
             why = f"{type(exc).__name__}: {exc}"
             if type(exc).__name__ == "KilledWorker":
                 why = f"cluster workers died while running this notebook ({why})"
-            return error_evidence(why[:2000])
+            return empty_evidence("grader-error", why[:2000])
         finally:
             self.dask_future.release()
         self.worker = out.get("worker")
@@ -371,8 +369,7 @@ class ClusterExecutor:
     def submit(self, fn: Callable[..., dict], nb_path, /, **kwargs) -> ClusterFuture:
         nb_path = Path(nb_path)
         executed_dir = kwargs.get("executed_dir")
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("executed_dir",)}
-        kwargs["executed_dir"] = None  # replaced on the worker
+        kwargs = {**kwargs, "executed_dir": None}  # replaced on the worker
         fut = self.client.submit(remote_run, fn, nb_path.name, nb_path.read_bytes(), kwargs,
                                  self.threads, pure=False, retries=1,
                                  key=f"grade-{nb_path.stem[:60]}-{os.urandom(6).hex()}")
@@ -406,12 +403,7 @@ class ClusterExecutor:
         ``isolation``: the instructor's resolved sandbox; a worker with a weaker one
         would turn every notebook it gets into a grader error.
         """
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            mine = version("grader")
-        except PackageNotFoundError:
-            mine = None
+        mine = _grader_version()
         try:
             info = self.workers(isolation.requested or "auto", data_dir)
         except Exception as exc:  # e.g. grader not importable on a worker

@@ -332,7 +332,7 @@ def decode_value(v: Any) -> Any:
 # Grader side: collect
 # --------------------------------------------------------------------------
 
-def _regular_file(path: Path, root: Path, max_bytes: int) -> str | None:
+def regular_file_problem(path: Path, root: Path, max_bytes: int) -> str | None:
     """Why ``path`` must not be read (a link, outside ``root``, too big...), or None."""
     try:
         st = os.lstat(path)
@@ -452,7 +452,7 @@ def collect(result: "ExecutionResult", workdir: str | os.PathLike,
 
     model_vars = list(dict.fromkeys(m[0] for m in assignment.measurements))
     raw: dict = {}
-    why = _regular_file(root / EVIDENCE_FILE, root, MAX_EVIDENCE_BYTES)
+    why = regular_file_problem(root / EVIDENCE_FILE, root, MAX_EVIDENCE_BYTES)
     if why is None:
         try:
             raw = json.loads((root / EVIDENCE_FILE).read_text(encoding="utf-8"))

@@ -52,7 +52,7 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
 from traitlets import Any as AnyTrait
 
-from .sandbox import Isolation, Limits, _size, resolve
+from .sandbox import Isolation, Limits, format_size, resolve
 
 log = logging.getLogger(__name__)
 # nbclient logs a student's timeout or crash at ERROR level; the result
@@ -418,7 +418,7 @@ class OutputBudget:
         """Close the cell's account; returns whether it was truncated."""
         c = self.cells.pop(index, _CellBudget())
         if c.truncated:
-            what = f"{_size(c.dropped)} of output"
+            what = f"{format_size(c.dropped)} of output"
             if c.dropped_outputs:
                 what += f" and {c.dropped_outputs} display(s)"
             note = f"\n{TRUNCATION_NOTE}: {what} not kept"

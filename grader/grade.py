@@ -46,10 +46,6 @@ log = logging.getLogger(__name__)
 WORK_DIR = ".work"
 
 
-def _limits(assignment: Assignment, timeout: float | None, memory: int | None) -> Limits:
-    return assignment.limits.to_sandbox(timeout, memory)
-
-
 def warm_data_cache(data_dir: Path) -> Path:
     """Parse the PhysioNet files once, here, so that no kernel pays for it.
 
@@ -298,7 +294,7 @@ def grade(submissions: str | Path, lab: str | Path, out: str | Path, *, jobs: in
     isolation = resolve(sandbox)
     if isolation.degraded or isolation.mode == "none":
         console.print(f"[bold red]WARNING[/]: {isolation.description}")
-    limits = _limits(assignment, timeout, memory)
+    limits = assignment.limits.to_sandbox(timeout, memory)
     jobs = max(1, jobs or os.cpu_count() or 1)
     threads = max(1, (os.cpu_count() or 1) // jobs)
 
@@ -428,18 +424,21 @@ def _summary(console, rows: list[dict], out: Path) -> None:
     """One line per group (members who uploaded the same notebook count once)."""
     from rich.table import Table
 
+    from .render import by_group
+
     table = Table(title="grades")
     for col in ("group", "members", "uploads", "status", "points"):
         table.add_column(col, justify="right" if col in ("uploads", "points") else "left",
                          overflow="fold")
-    seen: dict[tuple[str, str], list[dict]] = {}
-    for r in rows:
-        seen.setdefault((r["submission"]["group_key"], r["submission"]["sha256"]), []).append(r)
-    for (group, _), same in sorted(seen.items()):
+    groups = by_group(rows)
+    groups.sort(key=lambda rs: (str(rs[0]["submission"]["group_key"]),
+                                str(rs[0]["submission"]["sha256"])))
+    for same in groups:
         r = same[0]
         sub, res = r["submission"], r["result"]
-        table.add_row(group, ", ".join(sub["members"]) or "(group cell empty)", str(len(same)),
-                      str(r["evidence"].get("status")), f"{res.total:.2f} / {res.max:g}")
+        table.add_row(sub["group_key"], ", ".join(sub["members"]) or "(group cell empty)",
+                      str(len(same)), str(r["evidence"].get("status")),
+                      f"{res.total:.2f} / {res.max:g}")
     console.print(table)
     console.print(f"grades: {out / 'grades.csv'}; executed notebooks: {out / 'executed'}; "
                   f"store: {out / 'grader.db'}")

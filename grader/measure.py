@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .evidence import MODELS_DIR, _regular_file
+from .evidence import MODELS_DIR, regular_file_problem
 
 MAX_STATE_BYTES = 512 * 2**20
 MAX_CONFIG_BYTES = 64 * 1024
@@ -151,8 +151,9 @@ def check_config(config: Any, data) -> dict:
 
 
 def _read_regular(path: Path, root: Path, max_bytes: int, what: str) -> Path:
-    """``path``, if it may be read (see :func:`grader.evidence._regular_file`), else MeasureError."""
-    why = _regular_file(path, root, max_bytes)
+    """``path``, if it may be read (see :func:`grader.evidence.regular_file_problem`),
+    else :class:`MeasureError`."""
+    why = regular_file_problem(path, root, max_bytes)
     if why == "missing":
         raise MeasureError(f"the {what} file {path.name} was not exported")
     if why is not None:

@@ -265,7 +265,7 @@ def feedback_files(rows: Iterable[Mapping]) -> list[tuple[str, list[Mapping]]]:
     return out
 
 
-def _groups(rows: Iterable[Mapping]) -> list[list[Mapping]]:
+def by_group(rows: Iterable[Mapping]) -> list[list[Mapping]]:
     """Rows of the same notebook handed in by the same group, together."""
     seen: dict[tuple[str, str], list[Mapping]] = {}
     for r in rows:
@@ -281,7 +281,7 @@ def summary_data(rows: Iterable[Mapping], assignment, key: Mapping, generated_at
     # The names of render_feedback (and index.json): from the rows in their own order,
     # which decides which of two notebooks of one base name gets the "_2".
     by_row = {id(r): name for name, rs in feedback_files(rows) for r in rs}
-    groups = _groups(rows)
+    groups = by_group(rows)
     table, totals, problems, flagged = [], [], [], []
     qstats = {q.id: {"id": q.id, "prompt": q.prompt, "kind": q.kind, "exercise": q.exercise,
                      "max": q.points, "sum": 0.0, "full": 0, "missing": 0, "n": 0}

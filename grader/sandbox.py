@@ -98,7 +98,7 @@ class SandboxUnavailable(RuntimeError):
     """The sandbox asked for explicitly does not work on this machine."""
 
 
-def _size(n: int) -> str:
+def format_size(n: int) -> str:
     """``n`` bytes for people: ``6 GiB``, ``1.18 MiB``, ``12 B``."""
     for unit, k in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
         if n >= k:
@@ -151,12 +151,12 @@ class Limits:
         if self.notebook_timeout:
             parts.append(f"{self.notebook_timeout:g} s per notebook")
         if self.memory is not None:
-            parts.append(f"memory {_size(self.memory)}")
+            parts.append(f"memory {format_size(self.memory)}")
         if self.max_processes is not None:
             parts.append(f"{self.max_processes} processes/threads")
         if self.max_file_size is not None:
-            parts.append(f"files up to {_size(self.max_file_size)}")
-        parts.append(f"output up to {_size(self.output_cap)}")
+            parts.append(f"files up to {format_size(self.max_file_size)}")
+        parts.append(f"output up to {format_size(self.output_cap)}")
         return ", ".join(parts)
 
 

@@ -25,7 +25,7 @@ from conftest import read_grades as grades
 from grader.assignment import load_assignment
 from grader.cli import main
 from grader.cluster import MISSING_DASK, ClusterExecutor, ClusterFuture, as_completed
-from grader.grade import _limits, run_one, warm_data_cache
+from grader.grade import run_one, warm_data_cache
 from grader.sandbox import resolve
 from grader.score import score
 
@@ -67,7 +67,7 @@ def batch(tiny_lab, tmp_path, physionet):
         nbformat.write(nb, paths[-1])
     assignment = load_assignment(lab)
     out = tmp_path / "out"
-    kwargs = dict(assignment=assignment, limits=_limits(assignment, None, None),
+    kwargs = dict(assignment=assignment, limits=assignment.limits.to_sandbox(),
                   isolation=resolve("auto"), data_dir=physionet, work_root=tmp_path / "nowhere",
                   hidden=[lab, subs, out], executed_dir=out / "executed", threads=1,
                   env={"GRADER_CACHE": os.environ["GRADER_CACHE"]})
