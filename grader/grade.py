@@ -35,7 +35,8 @@ from .evidence import collect, empty_evidence, epilogue_code
 from .execute import Kernel, execute_notebook, start_kernel
 from .ingest import ingest
 from .measure import measure_models
-from .sandbox import Limits, gpu_for_worker, nvidia_devices, resolve, visible_gpus
+from .sandbox import (Limits, gpu_for_worker, nvidia_devices, resolve, sandbox_mode,
+                      visible_gpus)
 from .score import score
 from .store import Store, read_manual_csv
 
@@ -249,7 +250,8 @@ def write_grades_csv(path: Path, assignment: Assignment, rows: list[dict]) -> No
     qids = [q.id for q in assignment.questions]
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["group", "members", "file", "status", "total", "maximum", *qids, "flags"])
+        w.writerow(["group", "members", "file", "status", "total", "maximum", *qids, "flags",
+                    "sandbox"])
         for r in rows:
             sub, res = r["submission"], r["result"]
             points = {q.id: q.points for q in res.questions}
@@ -258,7 +260,8 @@ def write_grades_csv(path: Path, assignment: Assignment, rows: list[dict]) -> No
                 status += f": {r['evidence']['message']}"
             w.writerow([sub["group_key"], "; ".join(sub["members"] or sub.get("family_names", [])),
                         sub["file"], status, f"{round(res.total, 2):g}", f"{res.max:g}",
-                        *[f"{round(points.get(q, 0), 2):g}" for q in qids], "; ".join(sub["flags"])])
+                        *[f"{round(points.get(q, 0), 2):g}" for q in qids], "; ".join(sub["flags"]),
+                        sandbox_mode(r["evidence"].get("isolation"))])
 
 
 def _repo_git(path: Path) -> list[Path]:

@@ -107,7 +107,8 @@ def public_isolation(text: str | None) -> str:
     'bubblewrap, no network; limits: 900 s per cell'
     """
     text = str(text or "")
-    return re.sub(r"; (?:hidden paths|NOT hidden): .*?(?=; limits:|$)", "", text).strip()
+    return re.sub(r"; (?:hidden paths|hidden among the rest|NOT hidden): .*?(?=; limits:|$)", "",
+                  text).strip()
 
 
 def student_flags(flags: Iterable[str] | None) -> list[str]:

@@ -193,8 +193,10 @@ class Isolation:
     def description(self) -> str:
         """One line saying what the sandbox does and does not do."""
         if self.mode == "bwrap":
-            text = ("bubblewrap: no network, own PID namespace, read-only system, "
-                    "private /tmp, grader's home hidden, work dir writable, data read-only")
+            text = ("bubblewrap: the kernel sees only the system folders, the Python and its "
+                    "venv, the course packages and the data (read-only), its own work dir and a "
+                    "private /tmp; everything else (answer key, checkout, other groups, homes, "
+                    "/run, /var, /srv) is hidden; no network, own PID namespace")
         elif self.mode == "unshare":
             text = ("unshare: no network, own PID namespace; NO hidden folders "
                     "(the file system, answer key included, is readable)")
@@ -215,7 +217,7 @@ class Isolation:
         text = self.description
         hidden = [str(h) for h in hidden]
         if hidden:
-            text += ("; hidden paths: " if self.hides_paths else "; NOT hidden: ") + ", ".join(hidden)
+            text += ("; hidden among the rest: " if self.hides_paths else "; NOT hidden: ") + ", ".join(hidden)
         devices = [str(d) for d in devices]
         if devices and self.mode == "bwrap":
             text += "; GPU devices passed: " + ", ".join(devices)
@@ -257,6 +259,20 @@ class Isolation:
                 for root, dirs, files in os.walk(path):
                     for name in dirs + files:
                         os.chown(os.path.join(root, name), self.uid, self.uid, follow_symlinks=False)
+
+
+def sandbox_mode(description: str | None) -> str:
+    """The sandbox named by an :attr:`Isolation.description` (as stored in evidence):
+    ``bwrap``, ``unshare`` or ``none``; ``""`` when nothing ran.
+
+    >>> sandbox_mode("bubblewrap: allowlist file system, no network")
+    'bwrap'
+    """
+    text = (description or "").strip()
+    for prefix, mode in (("bubblewrap", "bwrap"), ("unshare", "unshare"), ("none", "none")):
+        if text.startswith(prefix):
+            return mode
+    return ""
 
 
 # --------------------------------------------------------------------------
@@ -318,23 +334,24 @@ def sandbox_command(
     hidden: Iterable[str | Path] = (),
     data_dir: str | Path | None = None,
     readonly: Iterable[str | Path] = (),
-    home: str | Path | None = None,
     devices: Iterable[str | Path] = (),
 ) -> list[str]:
     """The full command line running ``argv`` under ``iso``.
 
-    Pure: it looks at the file system only to tell files from folders among
-    ``hidden`` and to skip those that do not exist.
+    Pure: it looks at the file system only to follow links and to skip paths
+    that do not exist.
 
     ``devices``: device nodes to pass into bwrap's minimal ``/dev`` (the
     GPUs: see :func:`nvidia_devices`); the other modes show the host's
     ``/dev`` anyway.
 
-    bwrap layering, later mounts on top of earlier ones: the read-only
-    system, the hidden home with the Python installation (and ``readonly``)
-    bound back, the hidden folders, then the runtime dir (connection file
-    and kernel sockets), the work dir and the data dir.  So a work dir
-    inside a hidden folder (the class's work root) is still reachable.
+    bwrap builds the kernel's file system from an allowlist (:func:`allowlist`):
+    an empty root, the system folders read-only (:data:`SYSTEM_DIRS`, a few
+    entries of ``/etc``), the interpreter and its venv, the course packages,
+    ``readonly`` extras and the data read-only, the runtime dir (connection
+    file, sockets) and the work dir read-write, private ``/tmp`` and
+    ``/dev/shm``. ``hidden`` paths matter only where they lie inside one of
+    those (they are masked); everything else is absent anyway.
 
     Example::
 
@@ -373,57 +390,137 @@ def sandbox_command(
               "--mount-proc"]
         if os.geteuid() != 0:
             ns[1:1] = ["--user", "--map-current-user"]
-        return ns + ["--"] + drop + userns + env_fix + rl + argv
+        # The kernel is pid 1 of its namespace (SIGTERM does nothing to it), and the uid
+        # switch and the user namespace clear unshare's --kill-child: ask again, last.
+        death = [shutil.which("setpriv") or "setpriv", "--pdeathsig", "KILL", "--"]
+        return ns + ["--"] + drop + userns + env_fix + death + rl + argv
 
-    # bwrap
-    home = _abs(home if home is not None else Path.home())
+    # bwrap: an allowlist. The root is an empty tmpfs; only what a kernel needs is bound
+    # into it, each at its own path, so nothing else of the host exists for the kernel.
     cmd = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--unshare-net", "--unshare-pid",
            "--unshare-ipc", "--unshare-uts", "--hostname", "sandbox",
-           "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+           "--dev", "/dev", "--proc", "/proc"]
     for dev in devices:
         cmd.extend(["--dev-bind", os.fspath(dev), os.fspath(dev)])
-    tmpfs: list[str] = []
-
-    def mask(path: str, perms: str = "0755", size: int | None = None) -> None:
-        cmd.extend(["--perms", perms] + (["--size", str(size)] if size else []) + ["--tmpfs", path])
-        tmpfs.append(path)
-
-    def bind(option: str, path: str) -> None:
-        # bwrap makes missing parents on a tmpfs mode 0700, which a
-        # non-root kernel cannot pass: make them 0755 first.
-        parents = [str(a) for a in reversed(Path(path).parents)]
-        for a in parents:
-            if any(_within(a, t) and a != t for t in tmpfs):
-                cmd.extend(["--perms", "0755", "--dir", a])
-        cmd.extend([option, path, path])
-
+    if devices and os.path.isdir("/sys"):
+        cmd.extend(["--ro-bind", "/sys", "/sys"])  # the CUDA driver reads the PCI tree
     tmp_size = limits.max_file_size or GiB  # tmpfs is memory RLIMIT_DATA does not see
-    mask("/tmp", "1777", tmp_size)
-    mask("/dev/shm", "1777", tmp_size)
-    if home != "/" and os.path.isdir(home):
-        mask(home)
-        for root in (python_roots(argv[0] if argv else None) + package_roots()
-                     + readonly):
-            if _within(root, home) and root != home and os.path.exists(root):
-                bind("--ro-bind", root)
+    cmd.extend(["--perms", "1777", "--size", str(tmp_size), "--tmpfs", "/tmp",
+                "--perms", "1777", "--size", str(tmp_size), "--tmpfs", "/dev/shm"])
+    for spec in allowlist(argv[0] if argv else None, runtime_dir=runtime_dir, workdir=workdir,
+                          data_dir=data_dir, readonly=readonly):
+        cmd.extend(spec)
+    # Belt and braces: a hidden path that lies inside an allowed one (a key copied into
+    # the data folder, say) is masked as before.
+    allowed = visible_paths(argv[0] if argv else None, runtime_dir=runtime_dir, workdir=workdir,
+                            data_dir=data_dir, readonly=readonly)
     for h in sorted({_abs(h) for h in hidden}):
-        if h in ("/", home) or not os.path.exists(h):
+        if h == "/" or not os.path.exists(h) or not any(_within(h, a) for a, _ in allowed):
             continue
+        if any(_within(a, h) for a, _ in allowed if a != h):
+            continue  # masking it would hide an allowed path (the work dir in the work root)
         if os.path.isdir(h):
-            mask(h)
+            cmd.extend(["--perms", "0755", "--tmpfs", h])
         else:
             cmd.extend(["--ro-bind", "/dev/null", h])
-    # Read-only extras outside the home (a cache under /tmp, say) would be
-    # under the private /tmp or a hidden folder: bind them back on top.
-    for root in readonly:
-        if not _within(root, home) and os.path.exists(root):
-            bind("--ro-bind", root)
-    bind("--bind", runtime_dir)
-    bind("--bind", workdir)
-    if data_dir is not None:
-        bind("--ro-bind", _abs(data_dir))
     cmd += ["--unsetenv", "JPY_PARENT_PID", "--chdir", workdir, "--"]
     return cmd + drop + userns + rl + argv
+
+
+#: The system folders a Python and its libraries need, read-only. The rest of ``/``
+#: (homes, ``/run``, ``/var``, ``/srv``, ``/opt``, ``/mnt``, checkouts) does not exist
+#: in the sandbox.
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+#: Of ``/etc``, only these: the dynamic linker's cache, time zone, name-service switch and
+#: the ``alternatives`` links that ``/usr/bin`` points through. No passwd, no secrets.
+ETC_ENTRIES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone",
+               "nsswitch.conf", "host.conf", "hosts", "alternatives", "os-release", "mime.types",
+               "fonts", "ssl")
+
+
+def symlink_chain(path: str | Path, _depth: int = 0) -> list[tuple[str, str]]:
+    """``(target, link)`` for every symbolic link met while resolving ``path``.
+
+    Recreated in the sandbox (``--symlink``), they make ``path`` resolve there as it does
+    here: a checkout reached through a link, a venv whose ``python`` points elsewhere.
+    """
+    out: list[tuple[str, str]] = []
+    if _depth > 8:
+        return out
+    cur = "/"
+    for part in Path(os.path.abspath(os.fspath(path))).parts[1:]:
+        nxt = os.path.join(cur, part)
+        if os.path.islink(nxt):
+            target = os.readlink(nxt)
+            out.append((target, nxt))
+            out.extend(symlink_chain(os.path.join(cur, target), _depth + 1))
+            nxt = os.path.realpath(nxt)
+        cur = nxt
+    return out
+
+
+def visible_paths(argv0: str | None, *, runtime_dir: str | Path, workdir: str | Path,
+                  data_dir: str | Path | None = None,
+                  readonly: Iterable[str | Path] = ()) -> list[tuple[str, str]]:
+    """What a bwrap kernel sees besides the system folders: ``(real path, how)`` with
+    ``how`` one of ``ro`` or ``rw``. Pure but for ``realpath``.
+
+    The interpreter and its virtual environment, the course packages (their folders
+    alone, never the checkout), ``readonly`` extras (the data cache), the data folder
+    (read-only), the runtime dir (kernel sockets) and the work dir (read-write).
+    """
+    seen: dict[str, str] = {}
+    for root in python_roots(argv0) + package_roots() + [_abs(p) for p in readonly]:
+        if os.path.exists(root) and not any(_within(root, s) for s in SYSTEM_DIRS):
+            seen.setdefault(root, "ro")
+    if data_dir is not None:
+        seen[_abs(data_dir)] = "ro"
+    seen[_abs(runtime_dir)] = "rw"
+    seen[_abs(workdir)] = "rw"
+    # Outer folders first: a bind inside another must come after it.
+    return sorted(seen.items(), key=lambda kv: (kv[0].count("/"), kv[0]))
+
+
+def allowlist(argv0: str | None, *, runtime_dir: str | Path, workdir: str | Path,
+              data_dir: str | Path | None = None,
+              readonly: Iterable[str | Path] = ()) -> list[list[str]]:
+    """bwrap options, one list each, that build the sandbox's whole file system."""
+    specs: list[list[str]] = [["--perms", "0755", "--dir", "/etc"]]
+    made = {"/", "/etc"}
+    for d in SYSTEM_DIRS:
+        if os.path.islink(d):
+            specs.append(["--symlink", os.readlink(d), d])
+        elif os.path.isdir(d):
+            specs.append(["--ro-bind", d, d])
+    for name in ETC_ENTRIES:
+        p = os.path.join("/etc", name)
+        if os.path.islink(p):
+            specs.append(["--symlink", os.readlink(p), p])
+        elif os.path.exists(p):
+            specs.append(["--ro-bind", p, p])
+    links: dict[str, str] = {}
+    for real, how in visible_paths(argv0, runtime_dir=runtime_dir, workdir=workdir,
+                                   data_dir=data_dir, readonly=readonly):
+        # bwrap makes missing parents mode 0700, which a kernel under another uid
+        # cannot pass: make them 0755 first.
+        for parent in reversed(Path(real).parents):
+            a = str(parent)
+            if a not in made and not any(_within(a, s) for s in SYSTEM_DIRS):
+                specs.append(["--perms", "0755", "--dir", a])
+                made.add(a)
+        specs.append(["--ro-bind" if how == "ro" else "--bind", real, real])
+    # The paths as the grader names them, when links lead there (argv[0], the venv).
+    unresolved = [p for p in [argv0, sys.executable, sys.prefix, *[os.fspath(r) for r in readonly]]
+                  if p and os.sep in p]
+    bound = [real for real, _ in visible_paths(argv0, runtime_dir=runtime_dir, workdir=workdir,
+                                               data_dir=data_dir, readonly=readonly)]
+    for p in unresolved:
+        for target, link in symlink_chain(p):
+            if not any(_within(link, b) for b in [*SYSTEM_DIRS, *bound]) and link not in links:
+                links[link] = target
+    for link, target in links.items():
+        specs.append(["--symlink", target, link])
+    return specs
 
 
 # --------------------------------------------------------------------------
@@ -569,18 +666,31 @@ def _resolve_mode(mode: Mode, uid: int) -> tuple[Isolation | None, str]:
     return None, why
 
 
-def resolve(mode: SandboxChoice = "auto", *, uid: int = SANDBOX_UID) -> Isolation:
+def fail_closed_message(why: str) -> str:
+    """Why grading stops when bubblewrap does not work, and the three ways out."""
+    return (f"bubblewrap cannot build the sandbox here ({why}), so the answer key and other "
+            "groups' files could not be hidden from student code: nothing was run. Fix: install "
+            "bubblewrap (`apt-get install bubblewrap`; `make` does it as root), or allow "
+            "unprivileged user namespaces (`sysctl -w kernel.unprivileged_userns_clone=1`, or on "
+            "Ubuntu `sysctl -w kernel.apparmor_restrict_unprivileged_userns=0`), or accept the "
+            "risk by name: `--sandbox unshare` (no network, nothing hidden) or `--sandbox none`.")
+
+
+def resolve(mode: SandboxChoice = "auto", *, uid: int = SANDBOX_UID,
+            fail_closed: bool = True) -> Isolation:
     """The sandbox to use, checked by actually running Python in it once.
 
-    ``auto`` tries bwrap, then unshare, then none (with ``logging.warning``
-    and ``degraded=True``).  An explicit mode that does not work raises
-    :class:`SandboxUnavailable`.  Results are cached per process.
+    ``auto`` is bubblewrap, and fails closed: when bubblewrap does not work it raises
+    :class:`SandboxUnavailable` with the cause and the fix, never a weaker sandbox. A
+    weaker one runs only when named (``unshare``, ``none``). ``fail_closed=False`` is for
+    a student's own notebook on their own machine (``grader check``): ``auto`` then falls
+    back to unshare, then none, with ``degraded=True`` and a warning. An explicit mode
+    that does not work raises :class:`SandboxUnavailable`. Results are cached per process.
 
     Example::
 
-        iso = resolve("auto")
-        if iso.degraded:
-            print("WARNING:", iso.description)
+        iso = resolve("auto")          # bubblewrap, or SandboxUnavailable
+        print(iso.description)
     """
     if mode not in SANDBOX_CHOICES:
         raise ValueError(f"sandbox must be one of {', '.join(SANDBOX_CHOICES)}, not {mode!r}")
@@ -589,15 +699,18 @@ def resolve(mode: SandboxChoice = "auto", *, uid: int = SANDBOX_UID) -> Isolatio
         if iso is None:
             raise SandboxUnavailable(f"sandbox {mode!r} does not work here: {why}")
         return replace(iso, requested=mode)
-    failures = []
-    for m in ("bwrap", "unshare"):
-        iso, why = _resolve_mode(m, uid)  # type: ignore[arg-type]
-        if iso is not None:
-            if m != "bwrap":
-                log.warning("bubblewrap unavailable (%s); falling back to %s: %s",
-                            failures[-1], m, iso.description)
-            return replace(iso, requested="auto", degraded=(m != "bwrap"))
-        failures.append(f"{m}: {why}")
+    iso, why = _resolve_mode("bwrap", uid)
+    if iso is not None:
+        return replace(iso, requested="auto")
+    if fail_closed:
+        raise SandboxUnavailable(fail_closed_message(why))
+    failures = [f"bwrap: {why}"]
+    iso, why = _resolve_mode("unshare", uid)
+    if iso is not None:
+        log.warning("bubblewrap unavailable (%s); falling back to unshare: %s",
+                    failures[-1], iso.description)
+        return replace(iso, requested="auto", degraded=True)
+    failures.append(f"unshare: {why}")
     iso, why = _resolve_mode("none", uid)
     if iso is None:  # even prlimit is missing: run with no limits at all
         iso = Isolation("none", rlimits=False, notes=(f"no resource limits ({why})",))

@@ -24,9 +24,12 @@ from grader.sandbox import (
     gpu_for_worker,
     nvidia_devices,
     parse_visible_devices,
+    python_roots,
     resolve,
     rlimit_prefix,
     sandbox_command,
+    sandbox_mode,
+    symlink_chain,
     visible_gpus,
 )
 
@@ -60,7 +63,7 @@ def test_none_command_is_only_rlimits(tmp_path):
     assert no_rl == ["python"]
 
 
-def test_bwrap_command_layers(tmp_path):
+def test_bwrap_command_is_an_allowlist(tmp_path):
     work_root = tmp_path / "work"
     work = work_root / "g1"
     key_dir, data, rt = tmp_path / "lab01", tmp_path / "data", tmp_path / "rt"
@@ -71,32 +74,43 @@ def test_bwrap_command_layers(tmp_path):
     iso = Isolation("bwrap", uid=4242, userns=True, nproc_enforced=True)
     cmd = sandbox_command(iso, ["python", "-m", "ipykernel_launcher"], workdir=work,
                           runtime_dir=rt, limits=Limits(), hidden=[key_dir, work_root, key],
-                          data_dir=data, home=tmp_path / "home-missing")
+                          data_dir=data)
     s = " ".join(cmd)
-    for flag in ("--unshare-net", "--unshare-pid", "--die-with-parent", "--ro-bind / /",
-                 f"--tmpfs {key_dir}", f"--tmpfs {work_root}", f"--ro-bind /dev/null {key}",
+    for flag in ("--unshare-net", "--unshare-pid", "--die-with-parent", "--ro-bind /usr /usr",
                  f"--bind {work} {work}", f"--ro-bind {data} {data}", f"--bind {rt} {rt}",
-                 f"--chdir {work}", "--reuid=4242", "--user",
-                 "--unsetenv JPY_PARENT_PID"):
+                 f"--chdir {work}", "--reuid=4242", "--user", "--unsetenv JPY_PARENT_PID"):
         assert flag in s, flag
-    # the work dir is bound after (on top of) the hidden work root
-    assert s.index(f"--bind {work} {work}") > s.index(f"--tmpfs {work_root}")
+    # nothing of the host is there unless named: no "/" bound, no key folder, no work root
+    assert "--ro-bind / /" not in s
+    assert f" {key_dir} " not in s and f" {key} " not in s
+    assert f"--bind {work_root} " not in s and f"--ro-bind {work_root} " not in s
+    # the course packages alone, never the checkout holding them
+    repo = Path(reference.__file__).resolve().parent.parent
+    assert f"--ro-bind {repo / 'reference'} {repo / 'reference'}" in s
+    assert f"--ro-bind {repo} {repo}" not in s and f" {repo / 'assignments'}" not in s
     # the uid switch happens inside bwrap, the rlimits last, then the kernel
     assert cmd.index("--") < [i for i, c in enumerate(cmd) if c.endswith("setpriv")][0]
     assert cmd[-3:] == ["python", "-m", "ipykernel_launcher"]
 
 
 def test_bwrap_readonly_may_be_a_generator(tmp_path):
-    home, cache, inner = tmp_path / "home", tmp_path / "cache", tmp_path / "home" / "lib"
+    cache, inner = tmp_path / "cache", tmp_path / "home" / "lib"
     for d in (cache, inner):
         d.mkdir(parents=True)
     iso = Isolation("bwrap", uid=4242, userns=True, nproc_enforced=True)
-    cmd = sandbox_command(iso, ["python"], workdir=tmp_path, runtime_dir=tmp_path,
-                          limits=Limits(), home=home, readonly=(p for p in (inner, cache)))
+    cmd = sandbox_command(iso, ["python"], workdir=tmp_path / "w", runtime_dir=tmp_path / "rt",
+                          limits=Limits(), readonly=(p for p in (inner, cache)))
     s = " ".join(cmd)
-    # one inside the hidden home, one outside it: both bound back read-only
-    assert f"--tmpfs {home}" in s
     assert f"--ro-bind {inner} {inner}" in s and f"--ro-bind {cache} {cache}" in s
+
+
+def test_symlink_chain_recreates_links_on_the_way(tmp_path):
+    real = tmp_path / "real dir" / "venv"
+    real.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real dir")
+    assert symlink_chain(tmp_path / "link" / "venv") == [(str(tmp_path / "real dir"),
+                                                          str(tmp_path / "link"))]
+    assert symlink_chain(real) == []
 
 
 FAKE_GPU_NODES = ["/dev/nvidia-caps", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia0",
@@ -106,14 +120,14 @@ FAKE_GPU_NODES = ["/dev/nvidia-caps", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"
 def test_bwrap_command_passes_gpu_device_nodes(tmp_path):
     iso = Isolation("bwrap", uid=4242, userns=True, nproc_enforced=True)
     cmd = sandbox_command(iso, ["python"], workdir=tmp_path, runtime_dir=tmp_path,
-                          limits=Limits(), home=tmp_path / "home-missing", devices=FAKE_GPU_NODES)
+                          limits=Limits(), devices=FAKE_GPU_NODES)
     s = " ".join(cmd)
     for dev in FAKE_GPU_NODES:
         assert f"--dev-bind {dev} {dev}" in s, dev
         # on top of bwrap's minimal /dev, and before the command itself
         assert s.index("--dev /dev") < s.index(f"--dev-bind {dev}") < s.index("-- ")
     plain = sandbox_command(iso, ["python"], workdir=tmp_path, runtime_dir=tmp_path,
-                            limits=Limits(), home=tmp_path / "home-missing")
+                            limits=Limits())
     assert "--dev-bind" not in plain
     # the other modes show the host's /dev: nothing to add
     for other in (Isolation("none"), Isolation("unshare")):
@@ -165,7 +179,8 @@ def test_gpu_for_worker_round_robin():
 
 def test_describe_says_what_is_hidden_or_not():
     hidden = ["/course/lab01"]
-    assert "hidden paths: /course/lab01" in Isolation("bwrap").describe(Limits(), hidden)
+    assert "hidden among the rest: /course/lab01" in Isolation("bwrap").describe(Limits(), hidden)
+    assert "everything else (answer key" in Isolation("bwrap").description
     assert "NOT hidden: /course/lab01" in Isolation("unshare").describe(Limits(), hidden)
     assert "NO isolation" in Isolation("none").description
 
@@ -179,8 +194,13 @@ def test_resolve_none_and_auto():
     none = resolve("none")
     assert none.mode == "none" and not none.degraded and none.requested == "none"
     auto = resolve("auto")
-    assert auto.requested == "auto"
-    assert auto.degraded == (auto.mode != "bwrap")
+    assert auto.requested == "auto" and auto.mode == "bwrap" and not auto.degraded
+
+
+def test_sandbox_mode_of_a_stored_description():
+    assert [sandbox_mode(Isolation(m).description) for m in ("bwrap", "unshare", "none")] == \
+        ["bwrap", "unshare", "none"]
+    assert sandbox_mode(None) == sandbox_mode("") == ""
 
 
 # ------------------------------------------------------ the sandbox, for real
@@ -261,42 +281,128 @@ for p in [{str(secret / 'key.json')!r}, os.path.expanduser('~root/.bashrc')]:
         print(open(p).read())
     except OSError as e:
         print(type(e).__name__)
-print(os.listdir({str(secret)!r}))
+print(os.path.exists({str(secret)!r}))
 """
     out = _run(resolve("bwrap"), code, tmp_path, hidden=[secret])
     assert out.returncode == 0, out.stderr
     assert "s3cr3t-key" not in out.stdout
-    assert out.stdout.split()[:2] == ["FileNotFoundError", "FileNotFoundError"]
-    assert "[]" in out.stdout
+    # not even named: the folder does not exist for the kernel
+    assert out.stdout.split() == ["FileNotFoundError", "FileNotFoundError", "False"]
 
 
 @needs_bwrap
-def test_bwrap_kernel_imports_the_project_from_a_hidden_home(tmp_path):
-    # A clone in the home with an editable install: the home is hidden, the packages
-    # are bound back, the lab folders (keys) stay hidden.
+def test_bwrap_kernel_imports_the_project_but_sees_nothing_else_of_the_checkout(tmp_path):
+    # The course packages are bound alone: the checkout around them, with its labs (keys),
+    # its history and a committed copy of a key elsewhere, does not exist in the sandbox.
     repo = Path(reference.__file__).resolve().parent.parent
-    key = repo / "assignments" / "lab01" / "key.json"
+    copies = [repo / "assignments" / "lab01" / "key.json",
+              repo / "benchmarks" / "results" / "lab01-key-full-h200.json",
+              repo / ".git" / "HEAD", repo / "README.md"]
+    assert all(p.exists() for p in copies)
     code = f"""
 import reference.data, grader.score
 print("imported")
-try:
-    open({str(key)!r}).read(); print("key readable")
-except OSError as e:
-    print(type(e).__name__)
+for p in {[str(p) for p in copies]!r}:
+    try:
+        open(p).read(); print("readable", p)
+    except OSError as e:
+        print(type(e).__name__)
 """
+    out = _run(resolve("bwrap"), code, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["imported"] + ["FileNotFoundError"] * len(copies)
+
+
+@needs_bwrap
+def test_bwrap_sees_no_other_output_folder_nor_var_run_srv(tmp_path):
+    # another run's grader.db beside this run's output, a key copy under /var/tmp
+    old = tmp_path / "out-2025"
+    old.mkdir()
+    (old / "grader.db").write_bytes(b"SQLite format 3\0 every group's answers")
+    var_copy = Path("/var/tmp") / f"grader-test-key-{os.getpid()}.json"
+    var_copy.write_text('{"answer": 42}')
+    try:
+        code = f"""
+import os
+for p in [{str(old / 'grader.db')!r}, {str(var_copy)!r}]:
+    try:
+        open(p, "rb").read(); print("readable", p)
+    except OSError as e:
+        print(type(e).__name__)
+print(sorted(d for d in ("/run", "/var", "/srv", "/home", "/opt", "/mnt") if os.path.exists(d)))
+print(os.listdir("/root") if os.path.exists("/root") else [])
+"""
+        out = _run(resolve("bwrap"), code, tmp_path)
+    finally:
+        var_copy.unlink()
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split("\n")
+    assert lines[:2] == ["FileNotFoundError", "FileNotFoundError"], out.stdout
+    assert lines[2] == "[]"
+    # the grader's home exists only when the Python lives there (pyenv): that alone
+    home_python = [p.parts[2] for p in map(Path, python_roots()) if p.parts[1:2] == ("root",)]
+    assert lines[3] == repr(sorted(set(home_python))), lines[3]
+
+
+@needs_bwrap
+def test_bwrap_no_host_unix_socket_is_reachable(tmp_path):
+    import stat
+
+    paths = [tmp_path / "srv.sock", Path("/var/tmp") / f"grader-test-{os.getpid()}.sock"]
+    servers = []
+    try:
+        for path in paths:
+            srv = socket.socket(socket.AF_UNIX)
+            srv.bind(str(path))
+            os.chmod(path, stat.S_IRWXU | stat.S_IRWXG | stat.S_IRWXO)  # world-writable
+            srv.listen()
+            servers.append(srv)
+        abstract = socket.socket(socket.AF_UNIX)
+        name = "\0grader-test-%d" % os.getpid()
+        abstract.bind(name)
+        abstract.listen()
+        servers.append(abstract)
+        code = f"""
+import socket
+for p in {[str(p) for p in paths] + [name]!r}:
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(p); print("connected")
+    except OSError as e:
+        print(type(e).__name__)
+"""
+        control = _run(resolve("none"), code, tmp_path)
+        assert control.stdout.split() == ["connected"] * 3, control.stdout + control.stderr
+        out = _run(resolve("bwrap"), code, tmp_path)
+    finally:
+        for srv in servers:
+            srv.close()
+        paths[1].unlink(missing_ok=True)
+    assert out.returncode == 0, out.stderr
+    assert "connected" not in out.stdout.split(), out.stdout
+    assert len(out.stdout.split()) == 3
+
+
+@needs_bwrap
+def test_bwrap_runs_a_venv_under_tmp_behind_a_link_in_a_path_with_a_space(tmp_path):
+    # Where the grader is installed must not matter: under /tmp (the sandbox's /tmp is
+    # private), behind a symbolic link, with a space in the path.
+    real = tmp_path / "my clones" / "grader venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(real)], check=True)
+    (tmp_path / "link").symlink_to(tmp_path / "my clones")
+    python = tmp_path / "link" / "grader venv" / "bin" / "python"
     work = tmp_path / "work"
     work.mkdir()
     os.chmod(tmp_path, 0o755)
-    # The sandbox's own uid could not reach this test's Python when it lives in the
-    # real home (not hidden here): keep ours, the point is what the fake home hides.
-    iso = replace(resolve("bwrap"), uid=None)
-    cmd = sandbox_command(iso, [sys.executable, "-c", code], workdir=work, runtime_dir=work,
-                          limits=Limits(), home=repo.parent,
-                          hidden=[repo / "assignments", repo / ".git"])
+    os.chmod(tmp_path / "my clones", 0o755)
+    iso = resolve("bwrap")
+    iso.grant(work)
+    cmd = iso.command([str(python), "-c", "import sys; print(sys.prefix)"], workdir=work,
+                      runtime_dir=work, limits=Limits())
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=work,
                          env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["imported", "FileNotFoundError"]
+    assert out.stdout.strip() == str(tmp_path / "link" / "grader venv")
 
 
 @needs_bwrap
@@ -378,6 +484,13 @@ def test_explicit_unavailable_mode_raises(monkeypatch, caplog):
     monkeypatch.setattr(sb, "_resolve_mode", lambda mode, uid: (None, "not installed: bwrap"))
     with pytest.raises(SandboxUnavailable, match="not installed"):
         sb.resolve("bwrap")
-    auto = sb.resolve("auto")
+    # auto fails closed, with the cause and the three ways out
+    with pytest.raises(SandboxUnavailable) as err:
+        sb.resolve("auto")
+    for words in ("not installed: bwrap", "apt-get install bubblewrap",
+                  "unprivileged_userns_clone", "--sandbox unshare", "--sandbox none"):
+        assert words in str(err.value)
+    # only a student's own check may fall back
+    auto = sb.resolve("auto", fail_closed=False)
     assert auto.mode == "none" and auto.degraded
     assert "NO SANDBOX" in caplog.text
