@@ -81,6 +81,9 @@ class Limits:
     max_processes: int = 256
     max_file_size: int = 2**30
     output_cap: int = 10 * 2**20
+    disk: int = 2 * 2**30           # the work dir as a whole
+    measure_timeout: float = 300    # the grader's measurement of one notebook's models
+    measure_memory: int = 2 * 2**30
 
     def to_sandbox(self, timeout: float | None = None, memory: int | None = None) -> SandboxLimits:
         """These limits as the runner's :class:`grader.sandbox.Limits`, every field carried.
@@ -92,7 +95,13 @@ class Limits:
             cell_timeout=min(self.cell_timeout, timeout) if timeout else self.cell_timeout,
             notebook_timeout=timeout or self.notebook_timeout,
             memory=memory or self.memory, max_processes=self.max_processes,
-            max_file_size=self.max_file_size, output_cap=self.output_cap)
+            max_file_size=self.max_file_size, output_cap=self.output_cap, disk=self.disk)
+
+    def to_measure(self) -> SandboxLimits:
+        """The limits of the grader's measurement process (see :mod:`grader.measure`)."""
+        return SandboxLimits(
+            cell_timeout=self.measure_timeout, notebook_timeout=self.measure_timeout,
+            memory=self.measure_memory, max_processes=64, max_file_size=64 * 2**20)
 
 
 @dataclass(frozen=True)
@@ -240,6 +249,10 @@ def load_assignment(folder: str | Path) -> Assignment:
                                      f"{path}: [limits] max_file_size"),
             output_cap=parse_size(lim.get("output_cap", defaults.output_cap),
                                   f"{path}: [limits] output_cap"),
+            disk=parse_size(lim.get("disk", defaults.disk), f"{path}: [limits] disk"),
+            measure_timeout=float(lim.get("measure_timeout", defaults.measure_timeout)),
+            measure_memory=parse_size(lim.get("measure_memory", defaults.measure_memory),
+                                      f"{path}: [limits] measure_memory"),
         )
     except (TypeError, ValueError) as exc:
         if isinstance(exc, SpecError):

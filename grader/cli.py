@@ -77,11 +77,12 @@ def release_cmd(lab: str, out: str) -> None:
 def calibrate_cmd(lab, seeds, profile, jobs, data_dir, sandbox, key_out) -> None:
     """Run the reference solution of LAB with several seeds and write its key.json."""
     from .calibrate import CalibrationError, calibrate
+    from .sandbox import SandboxUnavailable
 
     try:
         key = calibrate(lab, seeds=seeds, profile=profile, jobs=jobs, data_dir=data_dir,
                         sandbox=sandbox, log=click.echo, key_path=key_out)
-    except CalibrationError as exc:
+    except (CalibrationError, SandboxUnavailable) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     sys.exit(1 if key["faults"] else 0)
@@ -171,8 +172,14 @@ def validate_cmd(lab, jobs, sandbox, data_dir, keep) -> None:
 
     from rich.console import Console
 
+    from .sandbox import SandboxUnavailable, resolve
     from .validate import print_checks, validate
 
+    try:
+        resolve(sandbox)  # fail closed before anything runs
+    except SandboxUnavailable as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
     t0 = time.perf_counter()
     console = Console(stderr=True)
     checks = validate(lab, jobs=jobs, sandbox=sandbox, data_dir=data_dir, keep=keep, console=console)

@@ -22,7 +22,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,8 +35,8 @@ from .evidence import collect, empty_evidence, epilogue_code
 from .execute import Kernel, execute_notebook, start_kernel
 from .ingest import ingest
 from .measure import measure_models
-from .sandbox import (Limits, gpu_for_worker, nvidia_devices, resolve, sandbox_mode,
-                      visible_gpus)
+from .sandbox import (Limits, format_size, gpu_for_worker, limit_disk, nvidia_devices, release_disk,
+                      release_disks_below, resolve, sandbox_mode, visible_gpus)
 from .score import score
 from .store import Store, read_manual_csv
 
@@ -62,16 +62,28 @@ def warm_data_cache(data_dir: Path) -> Path:
 def start_in_fresh_workdir(work_root: Path, *, limits: Limits, isolation, data_dir: Path,
                            hidden: list[Path], threads: int, env: dict[str, str],
                            devices: Sequence[str] = ()) -> Kernel:
-    """Start a kernel in a new, empty work dir under ``work_root`` (see :func:`start_kernel`)."""
+    """Start a kernel in a new, empty work dir under ``work_root`` (see :func:`start_kernel`),
+    bounded to ``limits.disk`` in all where that can be enforced (:func:`limit_disk`)."""
     work = Path(tempfile.mkdtemp(prefix="sub-", dir=work_root))
     try:
         os.chmod(work, 0o755)
+        if limits.disk is not None:
+            why = limit_disk(work, limits.disk)
+            if why is not None:
+                limits = replace(limits, disk=None)
+                log.debug("work dir %s not size-limited: %s", work, why)
         return start_kernel(workdir=work, limits=limits, isolation=isolation, data_dir=data_dir,
                             hidden=hidden, env=env, threads=threads, readonly=[cache_dir()],
                             devices=devices)
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_workdir(work)
         raise
+
+
+def remove_workdir(work: Path) -> None:
+    """Unmount (if :func:`limit_disk` mounted it) and remove a work dir."""
+    release_disk(work)
+    wipe(work)
 
 
 def run_one(nb_path: Path, *, assignment: Assignment, limits: Limits, isolation, data_dir: Path,
@@ -96,8 +108,15 @@ def run_one(nb_path: Path, *, assignment: Assignment, limits: Limits, isolation,
         work = kernel.workdir
         result = execute_notebook(nb_path, kernel=kernel, epilogue=epilogue_code(assignment))
         evidence = collect(result, work, assignment)
+        if kernel.limits.disk and "No space left" in str(evidence.get("evidence_error")):
+            evidence["message"] = (
+                f"its work dir was full (at most {format_size(kernel.limits.disk)} in all, "
+                "[limits] disk), so its answers could not be collected"
+                + (f"; {evidence['message']}" if evidence.get("message") else ""))
         if result.status in ("ok", "errors") and assignment.measurements:
-            evidence["measurements"] = measure_models(work, assignment, data_dir)
+            evidence["measurements"] = measure_models(
+                work, assignment, data_dir, isolation=isolation,
+                limits=assignment.limits.to_measure(), work_root=work_root)
         else:
             evidence.setdefault("measurements", {})
         executed_dir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +128,7 @@ def run_one(nb_path: Path, *, assignment: Assignment, limits: Limits, isolation,
         if kernel is not None:
             kernel.shutdown()  # already done, unless execution itself failed
         if work is not None:
-            shutil.rmtree(work, ignore_errors=True)
+            remove_workdir(work)
 
 
 class KernelPrestart:
@@ -177,13 +196,15 @@ class KernelPrestart:
 def _discard(kernel: Kernel) -> None:
     """Shut down a kernel that ran nothing and remove its work dir."""
     kernel.shutdown()
-    shutil.rmtree(kernel.workdir, ignore_errors=True)
+    remove_workdir(kernel.workdir)
 
 
 def wipe(path: Path) -> None:
-    """Remove ``path`` and everything under it, folders a notebook made unreadable too."""
+    """Remove ``path`` and everything under it, folders a notebook made unreadable too,
+    after unmounting the size-limited work dirs a killed run left there."""
     if not os.path.lexists(path):
         return
+    release_disks_below(path)
     for root, dirs, _ in os.walk(path):
         for d in dirs:
             p = os.path.join(root, d)

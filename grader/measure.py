@@ -26,15 +26,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .evidence import MODELS_DIR, regular_file_problem
+from .sandbox import format_size
 
 MAX_STATE_BYTES = 512 * 2**20
+MAX_PARAMS = 20_000_000   # lab models have 4k-11k; the biggest sensible one a few 100k
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_INT = 4096            # any whole number in a model's kwargs (width, filters, layers...)
 MAX_LIST = 16
@@ -50,8 +54,19 @@ def measurement_key(var: str, task: str, fold: int) -> str:
 # --------------------------------------------------------------------------
 
 def measure_models(workdir: str | os.PathLike, assignment, data_dir: str | os.PathLike | None,
-                   timeout: float = 600, threads: int = 2) -> dict[str, dict]:
-    """Measure every model of ``assignment.measurements`` in a subprocess; see module doc."""
+                   timeout: float | None = None, threads: int = 2, *, isolation=None,
+                   limits=None, work_root: str | os.PathLike | None = None) -> dict[str, dict]:
+    """Measure every model of ``assignment.measurements`` in a subprocess; see module doc.
+
+    With ``isolation`` (grading), that process runs in the same kind of sandbox as the
+    kernels, under ``limits`` (default: ``assignment.limits.to_measure()``: memory and
+    time): it sees the group's work dir read-only, the data and the course packages, and
+    nothing else; its own scratch folder is made under ``work_root``. A limit hit ends
+    this group's measurement with a message, never the batch. ``timeout`` overrides the
+    limits' time.
+    """
+    from .sandbox import Limits
+
     items = [list(m) for m in assignment.measurements]
     keys = [measurement_key(*m) for m in assignment.measurements]
     if not items:
@@ -61,11 +76,16 @@ def measure_models(workdir: str | os.PathLike, assignment, data_dir: str | os.Pa
     if not any(os.path.lexists(folder / f"{m[0]}.json") for m in items):
         return {k: {"error": f"the model {m[0]!r} was not exported (no {MODELS_DIR}/{m[0]}.json)"}
                 for k, m in zip(keys, items)}
+    if limits is None:
+        to_measure = getattr(getattr(assignment, "limits", None), "to_measure", None)
+        limits = to_measure() if to_measure else Limits(memory=None)
+    if timeout is not None:
+        limits = replace(limits, cell_timeout=timeout, notebook_timeout=timeout)
+    seconds = limits.notebook_timeout or 600
     request = {"workdir": str(Path(workdir).resolve()), "items": items}
     n = str(max(1, int(threads)))
     env = {
         "PATH": os.pathsep.join([os.path.dirname(sys.executable), "/usr/bin", "/bin"]),
-        "HOME": os.environ.get("HOME", tempfile.gettempdir()),
         "LANG": "C.UTF-8",
         "PYTHONPATH": str(_ROOT),
         "PYTHONDONTWRITEBYTECODE": "1",
@@ -78,15 +98,35 @@ def measure_models(workdir: str | os.PathLike, assignment, data_dir: str | os.Pa
         env["GRADER_DATA"] = os.environ["GRADER_DATA"]
     if os.environ.get("GRADER_CACHE"):
         env["GRADER_CACHE"] = os.environ["GRADER_CACHE"]
+    argv = [sys.executable, "-m", "grader.measure", json.dumps(request)]
+    scratch = None
     try:
-        proc = subprocess.run([sys.executable, "-m", "grader.measure", json.dumps(request)],
-                              capture_output=True, text=True, timeout=timeout, env=env,
-                              cwd=str(_ROOT))
-    except subprocess.TimeoutExpired:
-        return {k: {"error": f"the grader's measurement did not finish within {timeout:g} s"}
-                for k in keys}
-    except OSError as exc:
-        return {k: {"error": f"the grader's measurement could not start: {exc}"} for k in keys}
+        if isolation is not None:
+            scratch = Path(tempfile.mkdtemp(prefix="measure-", dir=work_root))
+            os.chmod(scratch, 0o755)
+            isolation.grant(scratch)
+            env.update(HOME=str(scratch), TMPDIR=str(scratch), MPLCONFIGDIR=str(scratch))
+            readonly = [Path(workdir).resolve()]
+            if env.get("GRADER_CACHE"):
+                readonly.append(Path(env["GRADER_CACHE"]))
+            argv = isolation.command(argv, workdir=scratch, runtime_dir=scratch, limits=limits,
+                                     data_dir=env.get("GRADER_DATA"), readonly=readonly)
+            cwd = str(scratch)
+        else:
+            env["HOME"] = os.environ.get("HOME", tempfile.gettempdir())
+            cwd = str(_ROOT)
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds, env=env,
+                                  cwd=cwd)
+        except subprocess.TimeoutExpired:
+            return {k: {"error": f"the grader's measurement did not finish within {seconds:g} s "
+                                 "(a model far larger or slower than the lab's?)"}
+                    for k in keys}
+        except OSError as exc:
+            return {k: {"error": f"the grader's measurement could not start: {exc}"} for k in keys}
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     try:
         out = json.loads(proc.stdout.strip().splitlines()[-1])
         if not isinstance(out, dict):
@@ -94,6 +134,9 @@ def measure_models(workdir: str | os.PathLike, assignment, data_dir: str | os.Pa
     except (ValueError, IndexError):
         tail = (proc.stderr or "").strip().splitlines()[-3:]
         why = " | ".join(tail) or f"exit status {proc.returncode}"
+        if "MemoryError" in why or proc.returncode in (-9, 137):
+            why = (f"it ran out of its {format_size(limits.memory) if limits.memory else ''} of "
+                   f"memory ({why})")
         return {k: {"error": f"the grader's measurement failed: {why}"[:500]} for k in keys}
     return {k: out.get(k, {"error": "not measured"}) for k in keys}
 
@@ -186,7 +229,16 @@ def measure_one(workdir: Path, var: str, task: str, fold: int, data) -> dict:
         raise MeasureError(f"the model's config is not valid JSON ({exc})") from None
     check_config(config, data)
     try:
+        # Counted on the meta device first: a config that asks for billions of weights
+        # is refused before a byte of them is allocated.
+        with torch.device("meta"):
+            n_params = sum(p.numel() for p in from_config(config).parameters())
+        if n_params > MAX_PARAMS:
+            raise MeasureError(f"the model's config asks for {n_params:,} parameters, more than "
+                               f"the {MAX_PARAMS:,} the grader measures")
         model = from_config(config)
+    except MeasureError:
+        raise
     except Exception as exc:
         raise MeasureError(f"the model cannot be rebuilt from its config "
                            f"({type(exc).__name__}: {exc})") from None

@@ -70,6 +70,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -118,7 +119,8 @@ class Limits:
     idle ipykernel has about 10, torch adds its thread pools.
     ``output_cap`` bounds the outputs stored in the executed notebook, and
     ``cell_output_cap`` those of any one cell, so a chatty training loop
-    cannot crowd out the later cells.
+    cannot crowd out the later cells.  ``disk`` bounds the work dir as a whole
+    (:func:`limit_disk` puts it in force; ``None`` when it is not).
 
     Example::
 
@@ -132,6 +134,7 @@ class Limits:
     max_file_size: int | None = 1 * GiB
     output_cap: int = 10 * MiB
     cell_output_cap: int = 2 * MiB
+    disk: int | None = None
 
     def rlimits(self) -> dict[str, int]:
         """The ``prlimit`` options (long names) these limits need."""
@@ -156,6 +159,8 @@ class Limits:
             parts.append(f"{self.max_processes} processes/threads")
         if self.max_file_size is not None:
             parts.append(f"files up to {format_size(self.max_file_size)}")
+        if self.disk is not None:
+            parts.append(f"work dir up to {format_size(self.disk)} in all")
         parts.append(f"output up to {format_size(self.output_cap)}")
         return ", ".join(parts)
 
@@ -364,8 +369,11 @@ def sandbox_command(
     workdir, runtime_dir = _abs(workdir), _abs(runtime_dir)
     readonly = [_abs(p) for p in readonly]  # once: it may be a generator
     rl = rlimit_prefix(limits, nproc=iso.nproc_enforced) if iso.rlimits else []
+    # The kernel dies with the grader, even a SIGKILLed one (Linux; where setpriv is).
+    setpriv = shutil.which("setpriv")
+    death = [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
     if iso.mode == "none":
-        return rl + argv
+        return death + rl + argv
 
     # Inside a PID namespace the kernel's parent is pid 1, so ipykernel's
     # parent poller (JPY_PARENT_PID) would think the grader died and quit.
@@ -390,10 +398,10 @@ def sandbox_command(
               "--mount-proc"]
         if os.geteuid() != 0:
             ns[1:1] = ["--user", "--map-current-user"]
-        # The kernel is pid 1 of its namespace (SIGTERM does nothing to it), and the uid
-        # switch and the user namespace clear unshare's --kill-child: ask again, last.
-        death = [shutil.which("setpriv") or "setpriv", "--pdeathsig", "KILL", "--"]
-        return ns + ["--"] + drop + userns + env_fix + death + rl + argv
+        # unshare dies with the grader (the first ``death``). The kernel is pid 1 of its
+        # namespace (SIGTERM does nothing to it), and the uid switch and the user
+        # namespace clear unshare's --kill-child: it asks again, last.
+        return death + ns + ["--"] + drop + userns + env_fix + death + rl + argv
 
     # bwrap: an allowlist. The root is an empty tmpfs; only what a kernel needs is bound
     # into it, each at its own path, so nothing else of the host exists for the kernel.
@@ -521,6 +529,58 @@ def allowlist(argv0: str | None, *, runtime_dir: str | Path, workdir: str | Path
     for link, target in links.items():
         specs.append(["--symlink", target, link])
     return specs
+
+
+# --------------------------------------------------------------------------
+# The work dir's size (imperative: mounts)
+# --------------------------------------------------------------------------
+
+def limit_disk(path: str | Path, size: int) -> str | None:
+    """Bound everything written under the empty folder ``path`` to ``size`` bytes in all,
+    by mounting a tmpfs of that size on it. ``None`` when done, else why not.
+
+    ``RLIMIT_FSIZE`` bounds one file only; this bounds the whole work dir (many files,
+    ``fallocate`` included). It needs root (``CAP_SYS_ADMIN``); as another user the work
+    dir keeps only the per-file limit, and the kernel's description says so. The tmpfs
+    lives in memory, outside the kernel's ``RLIMIT_DATA``: count ``disk`` with it.
+    Undo with :func:`release_disk`.
+    """
+    if os.geteuid() != 0:
+        return "needs root"
+    mount = shutil.which("mount")
+    if mount is None:
+        return "mount not found"
+    try:
+        proc = subprocess.run([mount, "-t", "tmpfs", "-o", f"size={int(size)},mode=0755,nosuid,nodev",
+                               "grader-work", os.fspath(path)],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None if proc.returncode == 0 else (proc.stderr.strip() or f"exit {proc.returncode}")
+
+
+def release_disk(path: str | Path) -> None:
+    """Unmount what :func:`limit_disk` mounted on ``path`` (lazily: a process that still
+    holds a file there cannot keep the mount busy). A no-op when nothing is mounted."""
+    path = os.fspath(path)
+    umount = shutil.which("umount")
+    if umount and os.path.ismount(path):
+        subprocess.run([umount, "-l", path], capture_output=True, timeout=30)
+
+
+def release_disks_below(root: str | Path) -> None:
+    """Unmount every work-dir tmpfs left under ``root`` (a killed run's), deepest first."""
+    root = _abs(root)
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return
+    # mountinfo escapes spaces and the like as octal (\040)
+    points = [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), ln.split()[4])
+              for ln in lines if len(ln.split()) > 4]
+    for point in sorted((p for p in points if _within(p, root) and p != root),
+                        key=lambda p: -p.count("/")):
+        release_disk(point)
 
 
 # --------------------------------------------------------------------------

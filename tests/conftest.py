@@ -3,9 +3,38 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_process_left_behind():
+    """The suite checks after itself that it leaves no kernel, sandbox or measurement
+    running: every temporary folder of the session (each kernel's runtime dir, named in
+    its command line) lies under one short folder, and when the session ends no process
+    may still name it."""
+    root = Path(tempfile.mkdtemp(prefix="gt-", dir="/tmp"))
+    os.chmod(root, 0o755)
+    saved = {k: os.environ.get(k) for k in ("TMPDIR", "GRADER_TEST_TMP")}
+    os.environ["TMPDIR"] = os.environ["GRADER_TEST_TMP"] = str(root)
+    tempfile.tempdir = None
+    yield root
+    deadline = time.monotonic() + 5
+    while processes_matching(str(root).encode()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = processes_matching(str(root).encode())
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    tempfile.tempdir = None
+    shutil.rmtree(root, ignore_errors=True)
+    assert not left, f"processes left running by the tests: {left}"
 
 
 @pytest.fixture(scope="session")

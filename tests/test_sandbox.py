@@ -57,10 +57,12 @@ def test_rlimit_prefix_sets_soft_and_hard():
 def test_none_command_is_only_rlimits(tmp_path):
     cmd = sandbox_command(Isolation("none"), ["python", "-V"], workdir=tmp_path,
                           runtime_dir=tmp_path, limits=Limits())
-    assert os.path.basename(cmd[0]) == "prlimit" and cmd[-2:] == ["python", "-V"]
+    # dies with the grader, then the rlimits, then the command
+    assert [os.path.basename(c) for c in cmd[:4]] == ["setpriv", "--pdeathsig", "KILL", "--"]
+    assert os.path.basename(cmd[4]) == "prlimit" and cmd[-2:] == ["python", "-V"]
     no_rl = sandbox_command(Isolation("none", rlimits=False), ["python"], workdir=tmp_path,
                             runtime_dir=tmp_path, limits=Limits())
-    assert no_rl == ["python"]
+    assert no_rl[4:] == ["python"]
 
 
 def test_bwrap_command_is_an_allowlist(tmp_path):
