@@ -230,3 +230,67 @@ def test_killing_the_grader_at_random_moments_leaves_no_process(tiny_lab, tmp_pa
         assert sorted(row["total"] for row in read_grades(out).values()) == ["0"] * 5 + ["2"]
     finally:
         shutil.rmtree(marker, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- not root
+
+USER = "grader-nonroot-test"
+
+READ_KEY = """
+import os
+try:
+    open({key!r}).read(); print("KEY READ")
+except OSError as e:
+    print("key:", type(e).__name__)
+print("uid", os.getuid())
+"""
+
+
+def test_grading_as_an_ordinary_user_with_bubblewrap(tiny_lab, tmp_path, physionet):
+    """An instructor who is not root: bwrap makes its own user namespace, and the key stays
+    out of reach. The test makes that user itself (so it needs root to begin with)."""
+    if os.geteuid() != 0:
+        pytest.skip("the test creates its user with useradd, which needs root")
+    if subprocess.run(["id", USER], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                        USER], check=True)
+    uid = int(subprocess.run(["id", "-u", USER], capture_output=True, text=True).stdout)
+    # A folder that user owns, holding the lab, the class and the output.
+    home = Path(os.environ.get("GRADER_TEST_TMP", "/tmp")) / "nonroot"
+    lab = home / "lab07"
+    shutil.copytree(tiny_lab, lab)
+    subs = class_of(home / "subs", 3)
+    nbformat.write(notebook(READ_KEY.format(key=str(lab / "key.json")), group=("Eve Spy",)),
+                   subs / "spy_lab_07.ipynb")
+    subprocess.run(["chown", "-R", f"{uid}:{uid}", str(home)], check=True)
+    os.chmod(home, 0o755)
+    out = home / "out"
+    env = {"PATH": os.environ["PATH"], "LANG": "C.UTF-8", "HOME": str(home),
+           "GRADER_CACHE": str(home / "cache"), "TMPDIR": str(home)}
+    grade = [sys.executable, "-m", "grader.cli", "grade", str(subs), "--lab", str(lab),
+             "--out", str(out), "-j", "2", "--data-dir", str(physionet)]
+    drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+    # This machine's Python may live in root's home (pyenv), which no other user may enter:
+    # in a mount namespace of the test's own, show that user the Python alone there.
+    shown = [r for r in {sys.base_prefix, os.path.realpath(sys.base_prefix)}
+             if r.startswith("/root/")]
+    script = ""
+    if shown:
+        stash = home / "stash"
+        stash.mkdir()
+        script = (f"mount --bind {shown[0]!r} {str(stash)!r} && "
+                  "mount -t tmpfs -o mode=0755 tmpfs /root && "
+                  f"mkdir -p {shown[0]!r} && mount --bind {str(stash)!r} {shown[0]!r} && ")
+    import shlex
+    script += "exec " + shlex.join(drop + grade)
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script],
+                       capture_output=True, text=True, env=env, cwd=home)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "isolation: bwrap" in r.stderr
+    g = read_grades(out)
+    assert {row["sandbox"] for row in g.values()} == {"bwrap"}
+    assert sorted(row["total"] for row in g.values()) == ["0", "0", "0", "2"]
+    nb = nbformat.read(out / "executed" / "spy_lab_07.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert printed.split() == ["key:", "FileNotFoundError", "uid", str(uid)], printed
+    assert os.stat(out / "grades.csv").st_uid == uid
