@@ -369,11 +369,9 @@ def sandbox_command(
     workdir, runtime_dir = _abs(workdir), _abs(runtime_dir)
     readonly = [_abs(p) for p in readonly]  # once: it may be a generator
     rl = rlimit_prefix(limits, nproc=iso.nproc_enforced) if iso.rlimits else []
-    # The kernel dies with the grader, even a SIGKILLed one (Linux; where setpriv is).
-    setpriv = shutil.which("setpriv")
-    death = [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
+    death, guard = death_with_grader()
     if iso.mode == "none":
-        return death + rl + argv
+        return guard + rl + argv
 
     # Inside a PID namespace the kernel's parent is pid 1, so ipykernel's
     # parent poller (JPY_PARENT_PID) would think the grader died and quit.
@@ -398,14 +396,14 @@ def sandbox_command(
               "--mount-proc"]
         if os.geteuid() != 0:
             ns[1:1] = ["--user", "--map-current-user"]
-        # unshare dies with the grader (the first ``death``). The kernel is pid 1 of its
+        # unshare dies with the grader (``guard``). The kernel is pid 1 of its
         # namespace (SIGTERM does nothing to it), and the uid switch and the user
         # namespace clear unshare's --kill-child: it asks again, last.
-        return death + ns + ["--"] + drop + userns + env_fix + death + rl + argv
+        return guard + ns + ["--"] + drop + userns + env_fix + death + rl + argv
 
     # bwrap: an allowlist. The root is an empty tmpfs; only what a kernel needs is bound
     # into it, each at its own path, so nothing else of the host exists for the kernel.
-    cmd = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--unshare-net", "--unshare-pid",
+    cmd = guard + [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--unshare-net", "--unshare-pid",
            "--unshare-ipc", "--unshare-uts", "--hostname", "sandbox",
            "--dev", "/dev", "--proc", "/proc"]
     for dev in devices:
@@ -433,6 +431,26 @@ def sandbox_command(
             cmd.extend(["--ro-bind", "/dev/null", h])
     cmd += ["--unsetenv", "JPY_PARENT_PID", "--chdir", workdir, "--"]
     return cmd + drop + userns + rl + argv
+
+
+def death_with_grader() -> tuple[list[str], list[str]]:
+    """Command prefixes that make a process die with the grader, a SIGKILLed one too.
+
+    ``death`` (``setpriv --pdeathsig KILL``) asks the kernel for SIGKILL when the parent
+    goes. ``guard`` does the same for a process the grader starts, and then checks that
+    its parent is still this grader: one killed between ``fork`` and that request would
+    otherwise leave the process (a sandbox starting up) orphaned for good, since the
+    signal is only sent for a death that comes after it. bubblewrap's own
+    ``--die-with-parent`` has the same gap. Both are empty where ``setpriv`` is missing
+    (not Linux): there the kernel is an ordinary child.
+    """
+    setpriv = shutil.which("setpriv")
+    if not setpriv:
+        return [], []
+    death = [setpriv, "--pdeathsig", "KILL", "--"]
+    sh = shutil.which("sh") or "/bin/sh"
+    guard = death + [sh, "-c", '[ "$PPID" = "$0" ] || exit 125; exec "$@"', str(os.getpid())]
+    return death, guard
 
 
 #: The system folders a Python and its libraries need, read-only. The rest of ``/``

@@ -57,12 +57,23 @@ def test_rlimit_prefix_sets_soft_and_hard():
 def test_none_command_is_only_rlimits(tmp_path):
     cmd = sandbox_command(Isolation("none"), ["python", "-V"], workdir=tmp_path,
                           runtime_dir=tmp_path, limits=Limits())
-    # dies with the grader, then the rlimits, then the command
+    # dies with the grader (and checks it is still there), then the rlimits, the command
     assert [os.path.basename(c) for c in cmd[:4]] == ["setpriv", "--pdeathsig", "KILL", "--"]
-    assert os.path.basename(cmd[4]) == "prlimit" and cmd[-2:] == ["python", "-V"]
+    assert cmd[7] == str(os.getpid())
+    assert os.path.basename(cmd[8]) == "prlimit" and cmd[-2:] == ["python", "-V"]
     no_rl = sandbox_command(Isolation("none", rlimits=False), ["python"], workdir=tmp_path,
                             runtime_dir=tmp_path, limits=Limits())
-    assert no_rl[4:] == ["python"]
+    assert no_rl[8:] == ["python"]
+
+
+def test_a_process_whose_grader_is_already_gone_does_not_start(tmp_path):
+    # the guard compares its parent with the grader named at build time
+    cmd = sandbox_command(Isolation("none", rlimits=False), ["echo", "started"],
+                          workdir=tmp_path, runtime_dir=tmp_path, limits=Limits())
+    assert subprocess.run(cmd, capture_output=True, text=True).stdout == "started\n"
+    cmd[7] = "1"   # as if the grader had died before the guard ran: its parent is not it
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 125 and r.stdout == ""
 
 
 def test_bwrap_command_is_an_allowlist(tmp_path):
@@ -90,8 +101,12 @@ def test_bwrap_command_is_an_allowlist(tmp_path):
     repo = Path(reference.__file__).resolve().parent.parent
     assert f"--ro-bind {repo / 'reference'} {repo / 'reference'}" in s
     assert f"--ro-bind {repo} {repo}" not in s and f" {repo / 'assignments'}" not in s
-    # the uid switch happens inside bwrap, the rlimits last, then the kernel
-    assert cmd.index("--") < [i for i, c in enumerate(cmd) if c.endswith("setpriv")][0]
+    # bwrap dies with the grader; the uid switch happens inside bwrap, the rlimits last,
+    # then the kernel
+    b = [i for i, c in enumerate(cmd) if c.endswith("bwrap")][0]
+    assert "--pdeathsig" in cmd[:b]
+    inner = cmd[b:]
+    assert inner.index("--") < [i for i, c in enumerate(inner) if c.endswith("setpriv")][0]
     assert cmd[-3:] == ["python", "-m", "ipykernel_launcher"]
 
 
@@ -127,7 +142,7 @@ def test_bwrap_command_passes_gpu_device_nodes(tmp_path):
     for dev in FAKE_GPU_NODES:
         assert f"--dev-bind {dev} {dev}" in s, dev
         # on top of bwrap's minimal /dev, and before the command itself
-        assert s.index("--dev /dev") < s.index(f"--dev-bind {dev}") < s.index("-- ")
+        assert s.index("--dev /dev") < s.index(f"--dev-bind {dev}") < s.index("--chdir")
     plain = sandbox_command(iso, ["python"], workdir=tmp_path, runtime_dir=tmp_path,
                             limits=Limits())
     assert "--dev-bind" not in plain

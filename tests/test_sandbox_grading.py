@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -246,6 +247,17 @@ print("uid", os.getuid())
 """
 
 
+def _first_closed_ancestor(path: str, uid: int) -> str | None:
+    """The outermost folder on the way to ``path`` that user ``uid`` may not pass."""
+    cur = "/"
+    for part in Path(path).parts[1:]:
+        cur = os.path.join(cur, part)
+        st = os.stat(cur)
+        if st.st_uid != uid and not st.st_mode & 0o001:
+            return cur
+    return None
+
+
 def test_grading_as_an_ordinary_user_with_bubblewrap(tiny_lab, tmp_path, physionet):
     """An instructor who is not root: bwrap makes its own user namespace, and the key stays
     out of reach. The test makes that user itself (so it needs root to begin with)."""
@@ -270,19 +282,28 @@ def test_grading_as_an_ordinary_user_with_bubblewrap(tiny_lab, tmp_path, physion
     grade = [sys.executable, "-m", "grader.cli", "grade", str(subs), "--lab", str(lab),
              "--out", str(out), "-j", "2", "--data-dir", str(physionet)]
     drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
-    # This machine's Python may live in root's home (pyenv), which no other user may enter:
-    # in a mount namespace of the test's own, show that user the Python alone there.
-    shown = [r for r in {sys.base_prefix, os.path.realpath(sys.base_prefix)}
-             if r.startswith("/root/")]
-    script = ""
-    if shown:
-        stash = home / "stash"
-        stash.mkdir()
-        script = (f"mount --bind {shown[0]!r} {str(stash)!r} && "
-                  "mount -t tmpfs -o mode=0755 tmpfs /root && "
-                  f"mkdir -p {shown[0]!r} && mount --bind {str(stash)!r} {shown[0]!r} && ")
-    import shlex
-    script += "exec " + shlex.join(drop + grade)
+    # This machine's Python may live in root's home (pyenv), the checkout in a folder no
+    # other user may enter: in a mount namespace of the test's own, show that user these
+    # folders alone there, as they would be in a real user's own install.
+    import grader as grader_pkg
+    import reference
+
+    needed = sorted({os.path.realpath(p) for p in (
+        sys.base_prefix, sys.prefix, Path(grader_pkg.__file__).parent,
+        Path(reference.__file__).parent, physionet)})
+    blocked = {p: _first_closed_ancestor(p, uid) for p in needed}
+    blocked = {p: a for p, a in blocked.items() if a is not None}
+    tops = sorted({a for a in blocked.values()
+                   if not any(a != b and a.startswith(b + "/") for b in blocked.values())})
+    steps = []
+    for i, p in enumerate(blocked):
+        (home / f"stash{i}").mkdir()
+        steps.append(f"mount --bind {shlex.quote(p)} {shlex.quote(str(home / f'stash{i}'))}")
+    steps += [f"mount -t tmpfs -o mode=0755 tmpfs {shlex.quote(a)}" for a in tops]
+    for i, p in enumerate(blocked):
+        steps += [f"mkdir -p {shlex.quote(p)}",
+                  f"mount --bind {shlex.quote(str(home / f'stash{i}'))} {shlex.quote(p)}"]
+    script = " && ".join(steps + ["exec " + shlex.join(drop + grade)])
     r = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script],
                        capture_output=True, text=True, env=env, cwd=home)
     assert r.returncode == 0, r.stdout + r.stderr
