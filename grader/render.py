@@ -110,9 +110,22 @@ def public_isolation(text: str | None) -> str:
     return re.sub(r"; (?:hidden paths|NOT hidden): .*?(?=; limits:|$)", "", text).strip()
 
 
+_CLAIM = re.compile(r"^claims the same member \(([a-z0-9 ,]*)\)")
+
+
 def student_flags(flags: Iterable[str] | None) -> list[str]:
-    """The flags about the group's own upload (file name, group cell), none naming others."""
-    return [f for f in (flags or []) if str(f).startswith(_STUDENT_FLAGS)]
+    """The flags about the group's own upload (file name, group cell), none naming others;
+    a contested member is said, without the other notebook's name."""
+    out = []
+    for f in flags or []:
+        f = str(f)
+        if f.startswith(_STUDENT_FLAGS):
+            out.append(f)
+        elif m := _CLAIM.match(f):
+            out.append(f"another notebook also claims a member of this group ({m.group(1)}): "
+                       f"hand-graded points and this report belong to the notebook uploaded, "
+                       f"not to the names in the group cell; the instructor checks both")
+    return list(dict.fromkeys(out))
 
 
 def png_ok(b64: Any) -> bool:
@@ -245,21 +258,33 @@ def feedback_files(rows: Iterable[Mapping]) -> list[tuple[str, list[Mapping]]]:
     """``(file name, rows)`` per report, in row order.  Pure.
 
     Uploads of the same notebook under the same base name (every member of a group
-    uploads it) share one report; two different notebooks that would get the same name
-    are told apart by a visible suffix (``..._lab_01_2.pdf``), never by overwriting.
+    uploads it) share one report.  Two different notebooks that would get the same name
+    are told apart by their hashes (``..._lab_01_3fa9c1d2.pdf``), never by overwriting and
+    never by who came first: a group cell can claim anyone, so the plain name goes only
+    to the one notebook whose own uploader is in its group (:func:`grader.manual.backed`),
+    when exactly one is.
     """
+    from .manual import backed
+
+    rows = list(rows)
     groups: dict[tuple[str, str], list[Mapping]] = {}
     for r in rows:
         sub = r["submission"]
         base = _safe_name(sub.get("feedback") or f"group{str(sub.get('sha256', ''))[:8]}")
         groups.setdefault((base, str(sub.get("sha256") or sub.get("id"))), []).append(r)
-    taken: set[str] = set()
-    out = []
-    for (base, _), rs in groups.items():
-        name, n = base, 1
-        while name.lower() in taken:
+    per_base: dict[str, list[str]] = {}
+    for base, sha in groups:
+        per_base.setdefault(base.lower(), []).append(sha)
+    owners = backed(r["submission"] for r in rows if r["submission"].get("sha256"))
+    out, taken = [], set()
+    for (base, sha), rs in groups.items():
+        shas = per_base[base.lower()]
+        mine = [h for h in shas if h in owners]
+        name = base if len(shas) == 1 or mine == [sha] else f"{base}_{re.sub('[^0-9a-z]', '', sha)[:8]}"
+        stem, n = name, 1
+        while name.lower() in taken:   # only a hash prefix shared by two notebooks
             n += 1
-            name = f"{base}_{n}"
+            name = f"{stem}_{n}"
         taken.add(name.lower())
         out.append((name + ".pdf", rs))
     return out
