@@ -155,7 +155,8 @@ def rescore_cmd(out, lab, manual_csv, allow_unmatched, jobs) -> None:
 
     t0 = time.perf_counter()
     try:
-        rows = rescore(out, lab, manual_csv, jobs=jobs, allow_unmatched=allow_unmatched)
+        rows = rescore(out, lab, manual_csv, jobs=jobs, allow_unmatched=allow_unmatched,
+                       warn=lambda m: click.echo(f"warning: {m}", err=True))
     except UnmatchedManual as exc:
         _summary(Console(stderr=True), exc.rows, Path(out))
         click.echo(f"error: {exc}", err=True)

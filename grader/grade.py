@@ -227,15 +227,16 @@ class UnmatchedManual(ValueError):
 
 
 def rescore(out: str | Path, lab: str | Path | None = None, manual_csv: str | Path | None = None,
-            *, jobs: int | None = None, allow_unmatched: bool = False) -> list[dict]:
+            *, jobs: int | None = None, allow_unmatched: bool = False,
+            warn: Callable[[str], None] | None = None) -> list[dict]:
     """Recompute every score from stored evidence; write grades.csv and the reports whose
     content changed (``jobs`` processes at most, default: the number of cores). Executes
     nothing.
 
     Manual scores go to the notebook each row names (:func:`grader.manual.match_manual`).
     A row that names none (unknown or ambiguous group, unknown question, points out of
-    range) is kept in the store and logged; after writing everything, :class:`UnmatchedManual`
-    is raised unless ``allow_unmatched``."""
+    range) is kept in the store and passed to ``warn`` (default: the log); after writing
+    everything, :class:`UnmatchedManual` is raised unless ``allow_unmatched``."""
     out = Path(out)
     with Store(out / "grader.db") as store:
         lab = lab or store.meta().get("lab")
@@ -272,7 +273,7 @@ def rescore(out: str | Path, lab: str | Path | None = None, manual_csv: str | Pa
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-        from .render import feedback_files, render_all
+        from .render import render_all
 
         with Progress(TextColumn("feedback PDFs"), BarColumn(), MofNCompleteColumn(),
                       console=Console(stderr=True), transient=True) as bar:
@@ -285,7 +286,7 @@ def rescore(out: str | Path, lab: str | Path | None = None, manual_csv: str | Pa
                     "Install Pango (apt install libpango-1.0-0 libpangoft2-1.0-0), then run "
                     "`grader rescore %s`.", type(exc).__name__, exc, out / "grader.db", out)
     for p in unmatched:
-        log.warning("manual score not given: %s", p)
+        (warn or (lambda m: log.warning("%s", m)))(f"manual score not given: {p}")
     if unmatched and not allow_unmatched:
         raise UnmatchedManual(unmatched, rows)
     return rows
@@ -398,7 +399,8 @@ def grade(submissions: str | Path, lab: str | Path, out: str | Path, *, jobs: in
 
     try:
         rows = rescore(out, assignment.folder, manual_csv, jobs=jobs,
-                       allow_unmatched=allow_unmatched)
+                       allow_unmatched=allow_unmatched,
+                       warn=lambda m: console.print(f"[yellow]warning[/]: {markup(m)}"))
     except UnmatchedManual as exc:   # everything is written: show it, then say what is not
         _summary(console, exc.rows, out)
         raise
