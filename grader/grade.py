@@ -32,7 +32,7 @@ from reference.paths import cache_dir, data_dir as resolve_data_dir
 
 from .assignment import Assignment, load_assignment
 from .evidence import collect, empty_evidence, epilogue_code
-from .execute import Kernel, execute_notebook, start_kernel
+from .execute import Kernel, execute_notebook, load_notebook, start_kernel
 from .ingest import ingest
 from .measure import measure_models
 from .sandbox import Limits, gpu_for_worker, nvidia_devices, resolve, visible_gpus
@@ -100,7 +100,8 @@ def run_one(nb_path: Path, *, assignment: Assignment, limits: Limits, isolation,
                                             data_dir=data_dir, hidden=hidden, threads=threads,
                                             env=env, devices=devices)
         work = kernel.workdir
-        result = execute_notebook(nb_path, kernel=kernel, epilogue=epilogue_code(assignment))
+        result = execute_notebook(_sendable(nb_path), kernel=kernel,
+                                  epilogue=epilogue_code(assignment))
         evidence = collect(result, work, assignment)
         if result.status in ("ok", "errors") and assignment.measurements:
             evidence["measurements"] = measure_models(work, assignment, data_dir)
@@ -115,6 +116,18 @@ def run_one(nb_path: Path, *, assignment: Assignment, limits: Limits, isolation,
             kernel.shutdown()  # already done, unless execution itself failed
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _sendable(nb_path: Path):
+    """The notebook with lone surrogates in its cells' code replaced (no kernel, nor
+    Python, can take them: Jupyter itself fails to send such a cell); the path itself
+    when it cannot be read (execution then says why)."""
+    node, _ = load_notebook(nb_path)
+    if node is None:
+        return nb_path
+    for cell in node.cells:
+        cell["source"] = clean_text(cell.get("source", ""))
+    return node
 
 
 def executed_path(executed_dir: Path, name: str) -> Path:

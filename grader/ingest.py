@@ -276,6 +276,8 @@ def _assigns_group(tree: ast.Module) -> ast.expr | None:
 
 
 def _parse(source: str) -> ast.Module | None:
+    # Python cannot compile a lone surrogate (nor can a kernel run it): read as U+FFFD.
+    source = clean_text(source)
     # IPython magics and shell escapes are not Python: blank them out.
     lines = ["" if ln.lstrip().startswith(("%", "!")) else ln for ln in source.splitlines()]
     try:

@@ -301,3 +301,21 @@ def test_each_worker_gets_its_own_gpu(tmp_path, monkeypatch):
     prestart = g._prestart(1, tmp_path, Console(file=open(os.devnull, "w")), env={})
     k = prestart.take()
     assert k.env == {} and k.devices == []
+
+
+def test_same_file_name_in_two_folders_keeps_two_executed_notebooks(tiny_lab, tmp_path, physionet):
+    """Two uploads named alike in different folders (two Moodle entries): each submission
+    keeps its own executed notebook, holding its own run."""
+    subs = tmp_path / "subs"
+    write(subs / "Ada Lovelace_1_assignsubmission_file", "lovelace_lab_07.ipynb",
+          notebook("print('run of ada')\nanswer = 42", group=("Ada Lovelace",)))
+    write(subs / "Eve Other_2_assignsubmission_file", "lovelace_lab_07.ipynb",
+          notebook("print('run of eve')\nanswer = 1", group=("Eve Other",)))
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["grade", str(subs), "--lab", str(tiny_lab), "--out", str(out),
+                                  "-j", "2", "--data-dir", str(physionet)])
+    assert r.exit_code == 0, r.output
+    for who, folder in (("ada", "Ada Lovelace_1"), ("eve", "Eve Other_2")):
+        path = out / "executed" / f"{folder}_assignsubmission_file" / "lovelace_lab_07.ipynb"
+        assert f"run of {who}" in path.read_text()
+    assert not (out / "executed" / "lovelace_lab_07.ipynb").exists()

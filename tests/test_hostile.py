@@ -27,7 +27,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from rich.console import Console
 
 import grader.ingest as ingest_mod
-from conftest import notebook, read_grades
+from conftest import formula_cells, notebook, read_grades
 from grader.cli import main
 from grader.evidence import empty_evidence
 from grader.grade import _collect, _summary, rescore, write_grades_csv
@@ -39,23 +39,6 @@ from grader.store import Store
 HOSTILE = ["\ud800", "\udfff", "\udced", "[/]", "[bold]", "[link=file:///etc/passwd]x[/link]",
            '=HYPERLINK("http://evil.example","x")', "+1", "-2+3", "@SUM(A1)", "\t=1",
            "\r=1", "\x00", "<script>alert(1)</script>", "{{ 7*7 }}", "\u202e", "'", '"', ";", ","]
-FORMULA = ("=", "+", "-", "@", "\t", "\r")
-
-
-def formula_cells(path: Path) -> list[str]:
-    """Cells of a CSV that a spreadsheet would evaluate (numbers aside)."""
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        bad = []
-        for row in csv.reader(fh):
-            for cell in row:
-                if cell.startswith(FORMULA) and cell != "-":
-                    try:
-                        float(cell.replace(",", "."))
-                    except ValueError:
-                        bad.append(cell)
-        return bad
-
-
 def evidence(answer=42, text="Because.", status="ok", extra=None, ratio=0.25) -> dict:
     ev = {"status": status, "message": None, "seconds": 1.0, "isolation": "bubblewrap",
           "answers": {"answer": answer, "ratio": ratio}, "texts": {"why": text},
