@@ -35,6 +35,7 @@ from grader.ingest import ingest
 from grader.moodle import export
 from grader.render import MAX_REPORT_PIXELS, feedback_data, feedback_files, render_feedback
 from grader.store import Store
+from grader.untrusted import clean_text
 
 HOSTILE = ["\ud800", "\udfff", "\udced", "[/]", "[bold]", "[link=file:///etc/passwd]x[/link]",
            '=HYPERLINK("http://evil.example","x")', "+1", "-2+3", "@SUM(A1)", "\t=1",
@@ -365,7 +366,7 @@ def submissions(draw):
     return out
 
 
-@settings(max_examples=12, deadline=None,
+@settings(max_examples=10, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(subs=submissions(), manual=st.lists(st.tuples(hostile_text(), hostile_text(8)), max_size=3))
 def test_any_text_graded_rescored_and_exported(tmp_path_factory, tiny_lab, subs, manual):
@@ -393,14 +394,11 @@ def test_any_text_graded_rescored_and_exported(tmp_path_factory, tiny_lab, subs,
             if not s.problem:
                 db.put_evidence(s.sha256, evidences[int(os.fsencode(Path(s.name).name).split(b"_")[0])])
     csv_path = root / "m.csv"
-    with open(csv_path, "w", newline="", encoding="utf-8", errors="surrogatepass") as fh:
-        w = csv.writer(fh)
+    with open(csv_path, "w", newline="", encoding="utf-8") as fh:   # an instructor's file:
+        w = csv.writer(fh)                                           # UTF-8, no NUL
         w.writerow(["group", "question", "points", "comment"])
-        seen = set()
         for g, c in manual:
-            if g.strip() and g not in seen:
-                seen.add(g)
-                w.writerow([g.replace("\0", ""), "why", "1", c.replace("\0", "")])
+            w.writerow([clean_text(x).replace("\0", "") for x in (g, "why", "1", c)])
     try:
         rows = rescore(out, tiny_lab, csv_path if manual else None, allow_unmatched=True, jobs=1)
     except Exception as exc:  # only a malformed manual CSV may stop it, naming the file
