@@ -9,7 +9,9 @@ goes to the one notebook that its row names, and to no other:
   normalised by :func:`grader.ingest.group_key_of`);
 * a group name that fits several notebooks is given to the one whose uploaders are in its
   own group cell (:func:`backed`), and when that does not decide, to none of them: the row
-  is reported, with the names that tell them apart;
+  is reported, with the names that tell them apart.  The same holds for a notebook whose
+  group cell claims a member that another notebook claims too (flagged at ingest): a group
+  name gives it points only when its uploader backs it;
 * a row naming no notebook (with the closest known names), an unknown question, or points
   outside ``0..max`` is reported with its line, never dropped silently or clamped.
 
@@ -62,7 +64,8 @@ def backed(subs: Iterable[Mapping]) -> set[str]:
             continue
         families = [f for f in list(s.get("family_names") or []) + list(s.get("file_names") or [])
                     if f]
-        names = [who, *who.split("-")[1:]]   # before Moodle 4.1: "Group-Full Name"
+        # before Moodle 4.1 a team member's entry is "Group-Full Name"
+        names = [who, *(who[m.end():] for m in re.finditer("-", who))]
         if any(name_match(n, s.get("members") or [], families) for n in names):
             out.add(s["sha256"])
     return out
@@ -84,6 +87,8 @@ def match_manual(rows: Iterable[ManualScore], subs: list[Mapping],
     for s in subs:
         by_hash[s["sha256"]].append(s)
     supported = backed(subs)
+    contested = {s["sha256"] for s in subs
+                 if any(str(f).startswith("claims the same member") for f in s.get("flags") or [])}
     reports = {n.lower(): s["sha256"] for s in subs
                for n in [report_names.get(s["id"], "")] if n}
     files: dict[str, set[str]] = defaultdict(set)
@@ -97,18 +102,19 @@ def match_manual(rows: Iterable[ManualScore], subs: list[Mapping],
         s = by_hash[h][0]
         return f"{report_names.get(s['id']) or s['file']} (#{h[:12]})"
 
-    def candidates(text: str) -> set[str]:
+    def candidates(text: str) -> tuple[set[str], bool]:
+        """(hashes the text names, whether only by a group name)."""
         t = text.strip().lower()
         if re.fullmatch(r"#?[0-9a-f]{8,64}", t):
             found = {h for h in by_hash if h.startswith(t.lstrip("#"))}
             if found:
-                return found
+                return found, False
         for name in (t, t + ".pdf"):
             if name in reports:
-                return {reports[name]}
+                return {reports[name]}, False
         if t in files:
-            return set(files[t])
-        return set(keys.get(group_key_of(text), ()))
+            return set(files[t]), False
+        return set(keys.get(group_key_of(text), ())), True
 
     given: dict[str, dict[str, tuple[float, str]]] = defaultdict(dict)
     first: dict[tuple[str, str], int] = {}
@@ -126,11 +132,17 @@ def match_manual(rows: Iterable[ManualScore], subs: list[Mapping],
             problems.append(f"{where}: {r.points:g} points for {r.question!r}, outside 0..{top:g}: "
                             f"not given")
             continue
-        found = candidates(r.group)
-        if len(found) > 1:
+        found, by_name = candidates(r.group)
+        if by_name and len(found) > 1:
             mine = found & supported
             if len(mine) == 1:
                 found = mine
+        if by_name and len(found) == 1 and not found & supported and found & contested:
+            problems.append(
+                f"{where}: group {r.group!r} names {label(next(iter(found)))}, whose group cell "
+                f"claims a member that another notebook claims too, and no uploader of its "
+                f"own backs it: not given; name it by its report or hash to give it")
+            continue
         if not found:
             known = sorted(set(keys) | {n for n in reports})
             close = difflib.get_close_matches(group_key_of(r.group) or r.group.lower(), known,

@@ -9,7 +9,8 @@ Tables
                  again re-executes exactly the hashes without a row (:meth:`Store.pending_hashes`).
 ``scores``       per submission and question; replaced as a whole per submission in one
                  transaction (a rescore never duplicates rows).
-``manual``       instructor's scores per group key and question (from a CSV).
+``manual``       instructor's scores as typed in the CSV (group as written, question, points,
+                 comment, line): matched to a submission at scoring time, never dropped.
 
 WAL journal with ``synchronous=FULL``: a committed row survives SIGKILL and power loss; an
 uncommitted one is simply absent.

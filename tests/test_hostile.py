@@ -29,8 +29,7 @@ from rich.console import Console
 import grader.ingest as ingest_mod
 from conftest import formula_cells, notebook, read_grades
 from grader.cli import main
-from grader.evidence import empty_evidence
-from grader.grade import _collect, _summary, rescore, write_grades_csv
+from grader.grade import _collect, _summary, rescore
 from grader.ingest import ingest
 from grader.moodle import export
 from grader.render import MAX_REPORT_PIXELS, feedback_data, feedback_files, render_feedback
@@ -410,3 +409,28 @@ def test_any_text_graded_rescored_and_exported(tmp_path_factory, tiny_lab, subs,
     paths = export(out, max_grade=20)
     assert formula_cells(paths["worksheet"]) == []
     assert len(list((out / "feedback").glob("*.pdf"))) == len(feedback_files(rows))
+
+
+def test_a_contested_claim_gets_manual_points_only_when_named_by_its_report():
+    """A folder (no uploaders): Eve's cell claims Ada, whom the real group's cell names too.
+    Neither the real group's name nor Eve's own key gives points to a contested notebook;
+    its report name does."""
+    from grader.manual import ManualScore, match_manual
+    from grader.moodle import flag_claims
+    from grader.ingest import Batch, Submission
+
+    real = Submission(Path("/x/a.ipynb"), "lovelace_turing_lab_07.ipynb", "a" * 64,
+                      members=("Ada Lovelace", "Alan Turing"))
+    eve = Submission(Path("/x/e.ipynb"), "eve_lab_07.ipynb", "e" * 64, members=("Ada Lovelace",))
+    other = Submission(Path("/x/h.ipynb"), "hopper_lab_07.ipynb", "f" * 64, members=("Grace Hopper",))
+    batch = Batch(Path("/x"), 7, [real, eve, other])
+    flag_claims(batch)
+    subs = [dict(s.as_dict(), id=i, feedback=s.feedback_name(7)) for i, s in enumerate(batch)]
+    names = {s["id"]: f"{s['feedback']}.pdf" for s in subs}
+    rows = [ManualScore("Lovelace Turing", "why", 2, "", 2), ManualScore("lovelace", "why", 3, "", 3),
+            ManualScore("hopper", "why", 1, "", 4),
+            ManualScore("lovelace_turing_lab_07.pdf", "answer", 1, "", 5)]
+    given, problems = match_manual(rows, subs, {"why": 3, "answer": 2}, names)
+    assert given == {"f" * 64: {"why": (1.0, "")}, "a" * 64: {"answer": (1.0, "")}}
+    assert [p.split(":")[0] for p in problems] == ["line 2", "line 3"]
+    assert all("claims a member that another notebook claims too" in p for p in problems)
