@@ -102,13 +102,15 @@ def calibrate_cmd(lab, seeds, profile, jobs, data_dir, sandbox, key_out) -> None
               show_default=True, help="Isolation of student code; 'none' only if you accept it.")
 @click.option("--manual", "manual_csv", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Instructor's CSV: group,question,points,comment.")
+@click.option("--allow-unmatched", is_flag=True,
+              help="Exit 0 even when a row of --manual names no notebook (each is reported).")
 @click.option("--data-dir", default=None, help="PhysioNet data (default: $GRADER_DATA).")
 @click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
               help="Run the notebooks on the workers of this Dask scheduler (pip install "
                    "'grader[dask]'); -j is then ignored: each worker's --nthreads decides. "
                    "The store, resume and rescore stay here.")
-def grade_cmd(submissions, lab, out, jobs, timeout, memory, sandbox, manual_csv, data_dir,
-              scheduler) -> None:
+def grade_cmd(submissions, lab, out, jobs, timeout, memory, sandbox, manual_csv, allow_unmatched,
+              data_dir, scheduler) -> None:
     """Grade every notebook under SUBMISSIONS (a folder, or Moodle's "Download all
     submissions" zip). Run it again after an interruption: what was graded is kept,
     the rest runs."""
@@ -121,7 +123,8 @@ def grade_cmd(submissions, lab, out, jobs, timeout, memory, sandbox, manual_csv,
     try:
         grade(submissions, lab, out, jobs=jobs, timeout=timeout,
               memory=parse_size(memory, "--memory") if memory else None, sandbox=sandbox,
-              manual_csv=manual_csv, data_dir=data_dir, scheduler=scheduler)
+              manual_csv=manual_csv, data_dir=data_dir, scheduler=scheduler,
+              allow_unmatched=allow_unmatched)
     except (SpecError, SandboxUnavailable, StoreError, ClusterError, ValueError,
             FileNotFoundError) as exc:
         click.echo(f"error: {exc}", err=True)
@@ -134,22 +137,31 @@ def grade_cmd(submissions, lab, out, jobs, timeout, memory, sandbox, manual_csv,
               help="The assignment folder [default: the one OUT was graded with].")
 @click.option("--manual", "manual_csv", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Instructor's CSV: group,question,points,comment.")
+@click.option("--allow-unmatched", is_flag=True,
+              help="Exit 0 even when a manual row names no notebook (each is reported).")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
               help="Processes that render the PDFs at once [default: the number of cores].")
-def rescore_cmd(out, lab, manual_csv, jobs) -> None:
+def rescore_cmd(out, lab, manual_csv, allow_unmatched, jobs) -> None:
     """Recompute every score in OUT from stored evidence (after a change to the key,
-    the tolerances or the manual scores). Executes nothing."""
+    the tolerances or the manual scores). Executes nothing. A manual row that names no
+    notebook (unknown group, unknown question, points out of range) is reported with its
+    line, and the exit status is 1 unless --allow-unmatched."""
     import time
 
     from rich.console import Console
 
     from .assignment import SpecError
-    from .grade import _summary, rescore
+    from .grade import UnmatchedManual, _summary, rescore
     from .store import StoreError
 
     t0 = time.perf_counter()
     try:
-        rows = rescore(out, lab, manual_csv, jobs=jobs)
+        rows = rescore(out, lab, manual_csv, jobs=jobs, allow_unmatched=allow_unmatched,
+                       warn=lambda m: click.echo(f"warning: {m}", err=True))
+    except UnmatchedManual as exc:
+        _summary(Console(stderr=True), exc.rows, Path(out))
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
     except (SpecError, StoreError, ValueError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
@@ -203,9 +215,11 @@ def check_cmd(notebook, lab, no_run, data_dir, sandbox) -> None:
     Exits non-zero when something would cost points for form. Knows no expected answer."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from .assignment import SpecError
     from .check import check_notebook, exit_code
+    from .untrusted import clean_text
 
     try:
         rows = check_notebook(notebook, lab, run=not no_run, data_dir=data_dir, sandbox=sandbox)
@@ -216,7 +230,9 @@ def check_cmd(notebook, lab, no_run, data_dir, sandbox) -> None:
     for col in ("", "what", "detail"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row("ok" if r.ok else ("FIX" if r.costs_points else "note"), r.what, r.detail)
+        # what and detail quote the notebook: shown as written, never read as markup
+        table.add_row("ok" if r.ok else ("FIX" if r.costs_points else "note"),
+                      Text(clean_text(str(r.what))), Text(clean_text(str(r.detail))))
     Console().print(table)
     code = exit_code(rows)
     click.echo("ready to submit" if code == 0 else "some answers would cost points for their form: fix the rows marked FIX")

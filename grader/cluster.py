@@ -328,8 +328,11 @@ class ClusterFuture:
             self.dask_future.release()
         self.worker = out.get("worker")
         if out.get("executed") is not None and self.executed_dir is not None:
-            self.executed_dir.mkdir(parents=True, exist_ok=True)
-            (self.executed_dir / self.name).write_text(out["executed"], encoding="utf-8")
+            from .grade import executed_path
+
+            path = executed_path(self.executed_dir, self.name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(out["executed"], encoding="utf-8")
         return out["evidence"]
 
 
@@ -369,11 +372,13 @@ class ClusterExecutor:
     def submit(self, fn: Callable[..., dict], nb_path, /, **kwargs) -> ClusterFuture:
         nb_path = Path(nb_path)
         executed_dir = kwargs.get("executed_dir")
+        # the worker writes the notebook under its file name; it lands here under this one
+        executed_name = kwargs.pop("executed_name", None) or nb_path.name
         kwargs = {**kwargs, "executed_dir": None}  # replaced on the worker
         fut = self.client.submit(remote_run, fn, nb_path.name, nb_path.read_bytes(), kwargs,
                                  self.threads, pure=False, retries=1,
                                  key=f"grade-{nb_path.stem[:60]}-{os.urandom(6).hex()}")
-        return ClusterFuture(fut, nb_path.name, Path(executed_dir) if executed_dir else None)
+        return ClusterFuture(fut, executed_name, Path(executed_dir) if executed_dir else None)
 
     def as_completed(self, futures: Iterable[ClusterFuture]) -> Iterator[ClusterFuture]:
         """The futures as they finish (any order); ``result()`` then does not block."""

@@ -32,13 +32,16 @@ from reference.paths import cache_dir, data_dir as resolve_data_dir
 
 from .assignment import Assignment, load_assignment
 from .evidence import collect, empty_evidence, epilogue_code
-from .execute import Kernel, execute_notebook, start_kernel
+from .execute import Kernel, execute_notebook, load_notebook, start_kernel
 from .ingest import ingest
 from .measure import measure_models
 from .sandbox import (Limits, format_size, gpu_for_worker, limit_disk, nvidia_devices, release_disk,
                       release_disks_below, resolve, sandbox_mode, visible_gpus)
 from .score import score
+from .manual import match_manual
+from .render import feedback_files
 from .store import Store, read_manual_csv
+from .untrusted import clean_text, csv_row, markup
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +91,13 @@ def remove_workdir(work: Path) -> None:
 
 def run_one(nb_path: Path, *, assignment: Assignment, limits: Limits, isolation, data_dir: Path,
             work_root: Path, hidden: list[Path], executed_dir: Path, threads: int,
-            env: dict[str, str], kernels: KernelPrestart | None = None) -> dict:
+            env: dict[str, str], kernels: KernelPrestart | None = None,
+            executed_name: str | None = None) -> dict:
     """Execute one notebook, collect its evidence and measure its models. Never raises.
 
+    ``executed_name``: where under ``executed_dir`` the executed notebook goes (the
+    submission's path relative to the ingested folder, so that two uploads of one file
+    name in different folders keep their own); default: the notebook's file name.
     ``kernels``: take the kernel this worker thread started ahead (the batch's
     :class:`KernelPrestart`, which fixed the launch arguments) instead of starting one.
     Else the kernel gets this machine's NVIDIA GPUs, unless ``env`` hides them
@@ -106,7 +113,8 @@ def run_one(nb_path: Path, *, assignment: Assignment, limits: Limits, isolation,
                                             data_dir=data_dir, hidden=hidden, threads=threads,
                                             env=env, devices=devices)
         work = kernel.workdir
-        result = execute_notebook(nb_path, kernel=kernel, epilogue=epilogue_code(assignment))
+        result = execute_notebook(_sendable(nb_path), kernel=kernel,
+                                  epilogue=epilogue_code(assignment))
         evidence = collect(result, work, assignment)
         if kernel.limits.disk and "No space left" in str(evidence.get("evidence_error")):
             evidence["message"] = (
@@ -119,8 +127,7 @@ def run_one(nb_path: Path, *, assignment: Assignment, limits: Limits, isolation,
                 limits=assignment.limits.to_measure(), work_root=work_root)
         else:
             evidence.setdefault("measurements", {})
-        executed_dir.mkdir(parents=True, exist_ok=True)
-        nbformat.write(result.notebook, executed_dir / nb_path.name)
+        write_executed(result.notebook, executed_dir, executed_name or nb_path.name)
         return evidence
     except Exception as exc:  # a grader bug must not cost the rest of the batch
         return empty_evidence("grader-error", f"{type(exc).__name__}: {exc}")
@@ -129,6 +136,33 @@ def run_one(nb_path: Path, *, assignment: Assignment, limits: Limits, isolation,
             kernel.shutdown()  # already done, unless execution itself failed
         if work is not None:
             remove_workdir(work)
+
+
+def _sendable(nb_path: Path):
+    """The notebook with lone surrogates in its cells' code replaced (no kernel, nor
+    Python, can take them: Jupyter itself fails to send such a cell); the path itself
+    when it cannot be read (execution then says why)."""
+    node, _ = load_notebook(nb_path)
+    if node is None:
+        return nb_path
+    for cell in node.cells:
+        cell["source"] = clean_text(cell.get("source", ""))
+    return node
+
+
+def executed_path(executed_dir: Path, name: str) -> Path:
+    """``executed_dir / name`` for a submission's relative name, never outside the folder."""
+    parts = [p for p in Path(name).parts if p not in ("", ".", "..", "/")]
+    return executed_dir.joinpath(*parts) if parts else executed_dir / "notebook.ipynb"
+
+
+def write_executed(notebook, executed_dir: Path, name: str) -> Path:
+    """Write an executed notebook; text a notebook printed that UTF-8 cannot hold (lone
+    surrogates) is replaced, not a reason to lose the notebook."""
+    path = executed_path(executed_dir, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(clean_text(nbformat.writes(notebook)), encoding="utf-8")
+    return path
 
 
 class KernelPrestart:
@@ -216,11 +250,28 @@ def wipe(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+class UnmatchedManual(ValueError):
+    """Manual rows that were given to no notebook (each named with its line); raised by
+    :func:`rescore` after everything is written, unless ``allow_unmatched``."""
+
+    def __init__(self, problems: list[str], rows: list[dict]):
+        self.problems, self.rows = problems, rows
+        super().__init__(f"{len(problems)} manual score row(s) given to no notebook "
+                         "(fix them, or pass --allow-unmatched):\n"
+                         + "\n".join(f"  {p}" for p in problems))
+
+
 def rescore(out: str | Path, lab: str | Path | None = None, manual_csv: str | Path | None = None,
-            *, jobs: int | None = None) -> list[dict]:
+            *, jobs: int | None = None, allow_unmatched: bool = False,
+            warn: Callable[[str], None] | None = None) -> list[dict]:
     """Recompute every score from stored evidence; write grades.csv and the reports whose
     content changed (``jobs`` processes at most, default: the number of cores). Executes
-    nothing."""
+    nothing.
+
+    Manual scores go to the notebook each row names (:func:`grader.manual.match_manual`).
+    A row that names none (unknown or ambiguous group, unknown question, points out of
+    range) is kept in the store and passed to ``warn`` (default: the log); after writing
+    everything, :class:`UnmatchedManual` is raised unless ``allow_unmatched``."""
     out = Path(out)
     with Store(out / "grader.db") as store:
         lab = lab or store.meta().get("lab")
@@ -230,12 +281,17 @@ def rescore(out: str | Path, lab: str | Path | None = None, manual_csv: str | Pa
         key = assignment.load_key()
         if manual_csv:
             store.set_manual(read_manual_csv(manual_csv))
-        manual: dict[str, dict[str, tuple[float, str]]] = {}
-        for m in store.manual():
-            manual.setdefault(m.group_key, {})[m.question] = (m.points, m.comment)
+            store.set_meta("manual_csv", str(Path(manual_csv).resolve()))
+        subs = store.submissions()
+        reports = {s["id"]: name for name, rs in feedback_files([{"submission": s} for s in subs])
+                   for s in (r["submission"] for r in rs)}
+        manual, unmatched = match_manual(store.manual(), subs,
+                                         {q.id: q.points for q in assignment.questions}, reports)
+        source = store.meta().get("manual_csv", "manual scores")
+        unmatched = [f"{source}: {p}" for p in unmatched]
         rows, by_submission = [], {}
         stored: dict[str, dict] = {}   # sha256 -> evidence: group members' uploads share it
-        for sub in store.submissions():
+        for sub in subs:
             if sub.get("problem"):
                 evidence = empty_evidence("invalid", sub["problem"])
             else:
@@ -243,7 +299,7 @@ def rescore(out: str | Path, lab: str | Path | None = None, manual_csv: str | Pa
                     stored[sub["sha256"]] = (store.evidence(sub["sha256"])
                                              or empty_evidence("pending"))
                 evidence = stored[sub["sha256"]]
-            result = score(assignment, evidence, key, manual.get(sub["group_key"], {}))
+            result = score(assignment, evidence, key, manual.get(sub["sha256"], {}))
             by_submission[sub["id"]] = [asdict(s) for s in result.questions]
             rows.append({"submission": sub, "evidence": evidence, "result": result})
         store.replace_scores(by_submission)
@@ -252,7 +308,7 @@ def rescore(out: str | Path, lab: str | Path | None = None, manual_csv: str | Pa
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-        from .render import feedback_files, render_all
+        from .render import render_all
 
         with Progress(TextColumn("feedback PDFs"), BarColumn(), MofNCompleteColumn(),
                       console=Console(stderr=True), transient=True) as bar:
@@ -264,6 +320,10 @@ def rescore(out: str | Path, lab: str | Path | None = None, manual_csv: str | Pa
         log.warning("feedback PDFs not written (%s: %s); grades.csv and %s are complete. "
                     "Install Pango (apt install libpango-1.0-0 libpangoft2-1.0-0), then run "
                     "`grader rescore %s`.", type(exc).__name__, exc, out / "grader.db", out)
+    for p in unmatched:
+        (warn or (lambda m: log.warning("%s", m)))(f"manual score not given: {p}")
+    if unmatched and not allow_unmatched:
+        raise UnmatchedManual(unmatched, rows)
     return rows
 
 
@@ -271,18 +331,20 @@ def write_grades_csv(path: Path, assignment: Assignment, rows: list[dict]) -> No
     qids = [q.id for q in assignment.questions]
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["group", "members", "file", "status", "total", "maximum", *qids, "flags",
-                    "sandbox"])
+        # Cells hold the groups' text: csv_row keeps a spreadsheet from evaluating any.
+        w.writerow(csv_row(["group", "members", "file", "status", "total", "maximum", *qids,
+                            "flags", "sandbox"]))
         for r in rows:
             sub, res = r["submission"], r["result"]
             points = {q.id: q.points for q in res.questions}
             status = r["evidence"].get("status", "")
             if r["evidence"].get("message"):
                 status += f": {r['evidence']['message']}"
-            w.writerow([sub["group_key"], "; ".join(sub["members"] or sub.get("family_names", [])),
-                        sub["file"], status, f"{round(res.total, 2):g}", f"{res.max:g}",
-                        *[f"{round(points.get(q, 0), 2):g}" for q in qids], "; ".join(sub["flags"]),
-                        sandbox_mode(r["evidence"].get("isolation"))])
+            w.writerow(csv_row([
+                sub["group_key"], "; ".join(sub["members"] or sub.get("family_names", [])),
+                sub["file"], status, f"{round(res.total, 2):g}", f"{res.max:g}",
+                *[f"{round(points.get(q, 0), 2):g}" for q in qids], "; ".join(sub["flags"]),
+                sandbox_mode(r["evidence"].get("isolation"))]))
 
 
 def _repo_git(path: Path) -> list[Path]:
@@ -296,13 +358,15 @@ def _repo_git(path: Path) -> list[Path]:
 def grade(submissions: str | Path, lab: str | Path, out: str | Path, *, jobs: int | None = None,
           timeout: float | None = None, memory: int | None = None, sandbox: str = "auto",
           data_dir=None, manual_csv: str | Path | None = None, console=None,
-          scheduler: str | None = None) -> list[dict]:
+          scheduler: str | None = None, allow_unmatched: bool = False) -> list[dict]:
     """Grade every notebook under ``submissions``; resumable; returns the scored rows.
 
     ``scheduler``: ``tcp://HOST:PORT`` of a Dask scheduler: the notebooks run on its
     workers (``jobs`` is then theirs to decide), the store stays here (see
     :mod:`grader.cluster`). Raises :class:`grader.cluster.ClusterError` when dask is
-    missing or the scheduler cannot be reached.
+    missing or the scheduler cannot be reached; :class:`UnmatchedManual` (after grading
+    and writing everything) when a row of ``manual_csv`` names no notebook, unless
+    ``allow_unmatched``.
     """
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
@@ -317,7 +381,7 @@ def grade(submissions: str | Path, lab: str | Path, out: str | Path, *, jobs: in
     data_dir = resolve_data_dir(data_dir).resolve()
     isolation = resolve(sandbox)
     if isolation.degraded or isolation.mode == "none":
-        console.print(f"[bold red]WARNING[/]: {isolation.description}")
+        console.print(f"[bold red]WARNING[/]: {markup(isolation.description)}")
     limits = assignment.limits.to_sandbox(timeout, memory)
     jobs = max(1, jobs or os.cpu_count() or 1)
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -333,11 +397,11 @@ def grade(submissions: str | Path, lab: str | Path, out: str | Path, *, jobs: in
     unique = batch.unique()
     todo = [s for s in unique if s.sha256 in pending and not s.problem]
     done_before = len({s.sha256 for s in batch if not s.problem}) - len(todo)
-    console.print(f"{len(batch)} notebook(s), {len(unique)} distinct, "
+    console.print(markup(f"{len(batch)} notebook(s), {len(unique)} distinct, "
                   f"{len(batch.problems())} unreadable; {done_before} already graded, "
                   f"{len(todo)} to run "
                   + (f"on the Dask cluster at {scheduler}" if scheduler else f"with {jobs} worker(s)")
-                  + f"; isolation: {isolation.mode}")
+                  + f"; isolation: {isolation.mode}"))
 
     if todo:
         work_root = out / WORK_DIR
@@ -369,7 +433,13 @@ def grade(submissions: str | Path, lab: str | Path, out: str | Path, *, jobs: in
                 prestart.close()
             wipe(work_root)
 
-    rows = rescore(out, assignment.folder, manual_csv, jobs=jobs)
+    try:
+        rows = rescore(out, assignment.folder, manual_csv, jobs=jobs,
+                       allow_unmatched=allow_unmatched,
+                       warn=lambda m: console.print(f"[yellow]warning[/]: {markup(m)}"))
+    except UnmatchedManual as exc:   # everything is written: show it, then say what is not
+        _summary(console, exc.rows, out)
+        raise
     _summary(console, rows, out)
     return rows
 
@@ -381,7 +451,7 @@ def _prestart(todo: int, work_root: Path, console, *, env: dict[str, str],
     gpus = visible_gpus()
     devices = nvidia_devices() if gpus else []
     if gpus:
-        console.print(f"GPUs {', '.join(gpus)}: worker k gets GPU k mod {len(gpus)}")
+        console.print(markup(f"GPUs {', '.join(gpus)}: worker k gets GPU k mod {len(gpus)}"))
 
     def start(worker: int) -> Kernel:
         gpu = gpu_for_worker(worker, gpus)
@@ -412,9 +482,9 @@ def _executor(scheduler: str | None, jobs: int, isolation, data_dir: Path, conso
             raise
         raise ClusterError(MISSING_DASK) from exc
     with pool:
-        console.print(f"cluster: {pool.describe()}")
+        console.print(markup(f"cluster: {pool.describe()}"))
         for line in pool.warnings(isolation, data_dir):
-            console.print(f"[bold red]WARNING[/]: {line}")
+            console.print(f"[bold red]WARNING[/]: {markup(line)}")
         yield pool, cluster_as_completed
 
 
@@ -422,7 +492,7 @@ def _run_batch(pool, completed, todo: list, store: Store, by_hash: dict, bar, kw
     """Submit ``run_one`` for every submission of ``todo`` to ``pool`` and store each
     evidence as it comes (``completed``: the pool's ``as_completed``)."""
     task = bar.add_task("grading", total=len(todo))
-    futures = {pool.submit(run_one, s.path, **kwargs): s for s in todo}
+    futures = {pool.submit(run_one, s.path, executed_name=s.name, **kwargs): s for s in todo}
     try:
         _collect(futures, completed, store, by_hash, bar, task)
     except BaseException:  # Ctrl-C: what has not started never will; stored evidence stays
@@ -434,19 +504,29 @@ def _run_batch(pool, completed, todo: list, store: Store, by_hash: dict, bar, kw
 def _collect(futures: dict, completed, store: Store, by_hash: dict, bar, task) -> None:
     for fut in completed(futures):
         s = futures[fut]
-        evidence = fut.result()
-        store.put_evidence(s.sha256, evidence)  # committed at once: resumable
-        status = evidence.get("status")
+        try:
+            evidence = fut.result()
+            store.put_evidence(s.sha256, evidence)  # committed at once: resumable
+        except Exception as exc:  # this group's grader error; the batch goes on
+            log.exception("evidence of %s not stored", clean_text(s.name))
+            evidence = empty_evidence(
+                "grader-error", clean_text(f"{s.name}: the evidence could not be stored "
+                                           f"({type(exc).__name__}: {exc})")[:2000])
+            store.put_evidence(s.sha256, evidence)
+        status = str(evidence.get("status"))
         colour = {"ok": "green", "errors": "yellow"}.get(status, "red")
         where = f" on {fut.worker}" if getattr(fut, "worker", None) else ""
-        bar.console.print(f"  [{colour}]{status:8s}[/] {', '.join(x.name for x in by_hash[s.sha256])} "
-                          f"({evidence.get('seconds') or 0:.0f} s{where})")
+        names = ", ".join(x.name for x in by_hash[s.sha256])
+        # File names are the groups' text: never read as markup.
+        bar.console.print(f"  [{colour}]{markup(f'{status:8s}')}[/] {markup(names)} "
+                          f"({evidence.get('seconds') or 0:.0f} s{markup(where)})")
         bar.advance(task)
 
 
 def _summary(console, rows: list[dict], out: Path) -> None:
     """One line per group (members who uploaded the same notebook count once)."""
     from rich.table import Table
+    from rich.text import Text
 
     from .render import by_group
 
@@ -460,9 +540,10 @@ def _summary(console, rows: list[dict], out: Path) -> None:
     for same in groups:
         r = same[0]
         sub, res = r["submission"], r["result"]
-        table.add_row(sub["group_key"], ", ".join(sub["members"]) or "(group cell empty)",
-                      str(len(same)), str(r["evidence"].get("status")),
-                      f"{res.total:.2f} / {res.max:g}")
+        # Every cell is the groups' text: shown as written, never read as markup.
+        table.add_row(*[Text(clean_text(str(x))) for x in (
+            sub["group_key"], ", ".join(sub["members"]) or "(group cell empty)",
+            len(same), r["evidence"].get("status"), f"{res.total:.2f} / {res.max:g}")])
     console.print(table)
-    console.print(f"grades: {out / 'grades.csv'}; executed notebooks: {out / 'executed'}; "
-                  f"store: {out / 'grader.db'}")
+    console.print(markup(f"grades: {out / 'grades.csv'}; executed notebooks: {out / 'executed'}; "
+                         f"store: {out / 'grader.db'}"))

@@ -42,9 +42,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .untrusted import clean_text
+
 #: A file larger than this is not read (a notebook with outputs is a few MiB at most).
 MAX_BYTES = 100 * 2**20
-#: A zip (Moodle's "Download all submissions") may unpack to at most this much, in that many files.
+#: A zip (Moodle's "Download all submissions") may unpack to at most this much, in that many
+#: notebooks; what comes beyond is refused, not extracted (see :func:`extract_zip`).
 MAX_ZIP_BYTES = 4 * 2**30
 MAX_ZIP_FILES = 20000
 #: Groups of up to three students (the course's rule).
@@ -273,6 +276,8 @@ def _assigns_group(tree: ast.Module) -> ast.expr | None:
 
 
 def _parse(source: str) -> ast.Module | None:
+    # Python cannot compile a lone surrogate (nor can a kernel run it): read as U+FFFD.
+    source = clean_text(source)
     # IPython magics and shell escapes are not Python: blank them out.
     lines = ["" if ln.lstrip().startswith(("%", "!")) else ln for ln in source.splitlines()]
     try:
@@ -321,7 +326,8 @@ def _read_members(nb: dict, sub: Submission) -> None:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         sub.flags.append("group cell: GROUP must be a list of full names (strings)")
         return
-    members = tuple(" ".join(v.split()) for v in value if v.strip())
+    # Lone surrogates ("\ud800") replaced: no store, file or terminal takes them.
+    members = tuple(clean_text(" ".join(v.split())) for v in value if v.strip())
     if not members:
         sub.flags.append("group cell lists no members")
         return
@@ -364,7 +370,17 @@ def _hash(path: Path) -> str:
 
 
 def read_submission(path: Path, name: str, lab_number: int) -> Submission:
-    """One file -> a :class:`Submission` (never raises for a bad file)."""
+    """One file -> a :class:`Submission` (never raises for a bad file: what cannot be read
+    is the submission's ``problem``, naming the file)."""
+    try:
+        return _read_submission(path, name, lab_number)
+    except Exception as exc:  # a reader's bug on one odd file must not stop the class
+        sub = Submission(path=path, name=name, sha256=_hash(path))
+        sub.problem = clean_text(f"{name}: could not be read ({type(exc).__name__}: {exc})")
+        return sub
+
+
+def _read_submission(path: Path, name: str, lab_number: int) -> Submission:
     raw, problem = _read_bytes(path, name)
     # Bytes read once and hashed; a file too large or unreadable is hashed by streaming.
     sha256 = hashlib.sha256(raw).hexdigest() if raw is not None else _hash(path)
@@ -399,27 +415,56 @@ def _zip_name(info: zipfile.ZipInfo) -> str:
     return name.replace("\\", "/")
 
 
-def extract_zip(zip_path: str | Path, dest: str | Path) -> tuple[list[str], list[str]]:
-    """Unpack the notebooks of ``zip_path`` under ``dest``; returns (extracted, other files),
-    as POSIX paths relative to ``dest``.
+#: A notebook member that unpacks to more than this many times its packed size, and to
+#: more than :data:`BOMB_MIN_BYTES`, is a zip bomb (notebooks pack 2-20 times, figures less).
+MAX_ZIP_RATIO = 200
+BOMB_MIN_BYTES = 8 * 2**20
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB" if n >= 2**20 \
+        else f"{n} bytes"
+
+
+def _refusal(info: zipfile.ZipInfo, total: int, count: int) -> str | None:
+    """Why a notebook member is not extracted, judged from what the zip declares."""
+    size, packed = info.file_size, max(info.compress_size, 1)
+    if count >= MAX_ZIP_FILES:
+        return (f"refused: more than the {MAX_ZIP_FILES} notebooks a class download may hold "
+                f"are in the zip")
+    if size > MAX_BYTES:
+        return (f"refused: unpacks to {_size(size)}, larger than the {MAX_BYTES // 2**20} MiB "
+                f"a notebook may have")
+    if size > BOMB_MIN_BYTES and size / packed > MAX_ZIP_RATIO:
+        return (f"refused: unpacks to {_size(size)} from {_size(packed)} ({size // packed}:1, "
+                f"a zip bomb?)")
+    if total + size > MAX_ZIP_BYTES:
+        return (f"refused: the zip would unpack to more than the "
+                f"{MAX_ZIP_BYTES / 2**30:g} GiB a class download may take")
+    return None
+
+
+def extract_zip(zip_path: str | Path, dest: str | Path
+                ) -> tuple[list[str], list[str], dict[str, str]]:
+    """Unpack the notebooks of ``zip_path`` under ``dest``; returns (extracted, other files,
+    refused notebooks -> why), as POSIX paths relative to ``dest``.
 
     Safe with a hostile zip: absolute paths, ``..``, drive letters and links are refused,
-    at most :data:`MAX_ZIP_FILES` members, a notebook over :data:`MAX_BYTES` is written only up
-    to the cap (so it reads as too large), :data:`MAX_ZIP_BYTES` in all (counted as written,
-    not as the zip claims). Files other than notebooks are listed, not written.
+    as are notebooks beyond :data:`MAX_ZIP_FILES`, over :data:`MAX_BYTES`, packed more
+    than :data:`MAX_ZIP_RATIO` to 1, or past :data:`MAX_ZIP_BYTES` in all: judged by the
+    sizes the zip declares, and again by the bytes actually written (a member that
+    unpacks to more than it declared is removed and refused).  So the disk holds at most
+    :data:`MAX_ZIP_BYTES` at any time, and the rest of the class is extracted.
+    Files other than notebooks are listed, not written.
     """
     zip_path, dest = Path(zip_path), Path(dest).resolve()
     try:
         zf = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise ZipError(f"{zip_path}: not a readable zip ({exc})") from None
-    extracted, others, total = [], [], 0
+    extracted, others, refused, total = [], [], {}, 0
     with zf:
-        infos = zf.infolist()
-        if len(infos) > MAX_ZIP_FILES:
-            raise ZipError(f"{zip_path}: {len(infos)} files, more than the {MAX_ZIP_FILES} "
-                           f"a class download may hold")
-        for info in infos:
+        for info in zf.infolist():
             name = _zip_name(info)
             parts = [p for p in name.split("/") if p not in ("", ".")]
             if info.is_dir() or not parts:
@@ -439,25 +484,47 @@ def extract_zip(zip_path: str | Path, dest: str | Path) -> tuple[list[str], list
             if not target.resolve().is_relative_to(dest):
                 others.append(f"{rel} (refused: outside the folder)")
                 continue
+            why = _refusal(info, total, len(extracted))
+            if why:
+                refused[rel] = f"{rel}: {why}"
+                continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            cap = min(MAX_BYTES + 1, MAX_ZIP_BYTES - total)
-            written = 0
+            written, over = 0, False
             try:
                 with zf.open(info) as src, open(target, "wb") as out:
-                    while written < cap:
-                        chunk = src.read(min(2**20, cap - written))
+                    while True:
+                        chunk = src.read(2**20)
                         if not chunk:
                             break
-                        out.write(chunk)
                         written += len(chunk)
-            except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
+                        if written > info.file_size:   # more than declared: stop at once
+                            over = True
+                            break
+                        out.write(chunk)
+            except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError,
+                    ValueError) as exc:
                 target.write_bytes(b"")   # read as an empty file: a problem naming the file
                 others.append(f"{rel} (damaged in the zip: {exc})")
+                written = 0
+            if over:
+                target.unlink()
+                refused[rel] = (f"{rel}: refused: unpacks to more than the {_size(info.file_size)} "
+                                f"the zip declares")
+                continue
             total += written
-            if total >= MAX_ZIP_BYTES:
-                raise ZipError(f"{zip_path}: unpacks to more than {MAX_ZIP_BYTES // 2**30} GiB")
             extracted.append(rel)
-    return extracted, others
+    return extracted, others, refused
+
+
+def _refused_submission(root: Path, rel: str, why: str, lab_number: int) -> Submission:
+    """A notebook of the zip that was not extracted: graded 0 with ``why``."""
+    sub = Submission(path=root.joinpath(*rel.split("/")), name=rel,
+                     sha256=hashlib.sha256(b"refused:" + rel.encode("utf-8", "replace"))
+                     .hexdigest())
+    sub.moodle_name, sub.moodle_id, file_name = _moodle(Path(rel))
+    _parse_file_name(file_name, lab_number, sub)
+    sub.problem = why
+    return sub
 
 
 def ingest(path: str | Path, lab_number: int, *, extract_to: str | Path | None = None) -> Batch:
@@ -480,8 +547,11 @@ def ingest(path: str | Path, lab_number: int, *, extract_to: str | Path | None =
             if dest.exists():
                 shutil.rmtree(dest)
             dest.mkdir(parents=True)
-        _, others = extract_zip(root, dest)
+        _, others, refused = extract_zip(root, dest)
         batch = ingest(dest, lab_number)
+        batch.submissions = sorted(
+            batch.submissions + [_refused_submission(dest, rel, f"{root.name}: {why}", lab_number)
+                                 for rel, why in refused.items()], key=lambda s: s.name)
         batch.ignored = sorted(set(batch.ignored) | set(others))
         batch.source = root
         return batch

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .ingest import Batch, Submission, family_name, fold
+from .untrusted import csv_row
 
 # ----------------------------------------------------------------------------- entries
 
@@ -485,7 +486,9 @@ class Worksheet:
         w = csv.writer(buf, delimiter=self.delimiter, lineterminator=self.newline,
                        quoting=csv.QUOTE_ALL if self.quote_all else csv.QUOTE_MINIMAL)
         w.writerow(self.header)
-        w.writerows(self.rows)
+        # Names (and anything else) a spreadsheet would evaluate are neutralised; numbers,
+        # the Grade column Moodle imports, stay numbers.
+        w.writerows(csv_row(r) for r in self.rows)
         return buf.getvalue()
 
     def write(self, path: Path) -> Path:

@@ -72,7 +72,13 @@ STATUS_TEXT = {
 TRACEBACK_LINES = 8
 MAX_ERRORS = 10
 MAX_TEXT_ANSWER = 2500
-MAX_FIGURE_PIXELS = 25_000_000
+MAX_FIGURE_PIXELS = 16_000_000
+#: Pixels (as the PNG headers declare) that one report decodes at most: figures beyond are
+#: left out, counted as skipped.  Twelve 5000x5000 figures would take seconds and
+#: hundreds of MB to render; a page shows far fewer pixels than this.
+MAX_REPORT_PIXELS = 24_000_000
+#: A kept figure is downscaled to this many pixels on its longer side, 8 bits per channel.
+FIGURE_SIDE = 1600
 # Flags a student may see: about their own upload only (others name other groups' files).
 _STUDENT_FLAGS = ("file name", "group cell", "group of")
 
@@ -111,23 +117,63 @@ def public_isolation(text: str | None) -> str:
                   text).strip()
 
 
+_CLAIM = re.compile(r"^claims the same member \(([a-z0-9 ,]*)\)")
+
+
 def student_flags(flags: Iterable[str] | None) -> list[str]:
-    """The flags about the group's own upload (file name, group cell), none naming others."""
-    return [f for f in (flags or []) if str(f).startswith(_STUDENT_FLAGS)]
+    """The flags about the group's own upload (file name, group cell), none naming others;
+    a contested member is said, without the other notebook's name."""
+    out = []
+    for f in flags or []:
+        f = str(f)
+        if f.startswith(_STUDENT_FLAGS):
+            out.append(f)
+        elif m := _CLAIM.match(f):
+            out.append(f"another notebook also claims a member of this group ({m.group(1)}): "
+                       f"hand-graded points and this report belong to the notebook uploaded, "
+                       f"not to the names in the group cell; the instructor checks both")
+    return list(dict.fromkeys(out))
+
+
+def png_pixels(b64: Any) -> int:
+    """Pixels that ``b64`` (base64 of a PNG) declares in its header; 0 when it is not a
+    PNG of sane size (untrusted input)."""
+    if not isinstance(b64, str) or not b64:
+        return 0
+    try:
+        raw = base64.b64decode(b64[:64], validate=True)   # the header is all we read
+    except (binascii.Error, ValueError):
+        return 0
+    if len(raw) < 24 or raw[:8] != b"\x89PNG\r\n\x1a\n" or raw[12:16] != b"IHDR":
+        return 0
+    w, h = struct.unpack(">II", raw[16:24])
+    return w * h if 0 < w and 0 < h and w * h <= MAX_FIGURE_PIXELS else 0
 
 
 def png_ok(b64: Any) -> bool:
     """``b64`` is base64 of a PNG whose header declares a sane size (untrusted input)."""
-    if not isinstance(b64, str) or not b64:
+    if not png_pixels(b64):
         return False
     try:
-        raw = base64.b64decode(b64, validate=True)
+        base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
         return False
-    if len(raw) < 24 or raw[:8] != b"\x89PNG\r\n\x1a\n" or raw[12:16] != b"IHDR":
-        return False
-    w, h = struct.unpack(">II", raw[16:24])
-    return 0 < w and 0 < h and w * h <= MAX_FIGURE_PIXELS
+    return True
+
+
+def _within_budget(raw_figures: list) -> list[dict]:
+    """The figures a report shows: sane PNGs, in order, while their declared pixels add
+    up to at most :data:`MAX_REPORT_PIXELS`."""
+    kept, used = [], 0
+    for f in raw_figures:
+        if not isinstance(f, Mapping) or not png_ok(f.get("png")):
+            continue
+        n = png_pixels(f["png"])
+        if used + n > MAX_REPORT_PIXELS:
+            continue
+        used += n
+        kept.append({"cell": f.get("cell"), "png": f["png"]})
+    return kept
 
 
 def metric_band(question, evidence: Mapping, entry: Mapping | None) -> dict | None:
@@ -219,8 +265,7 @@ def feedback_data(row: Mapping, assignment, key: Mapping, graded_at: Any) -> dic
         })
     pending = sum(x["max_points"] for x in questions if x["verdict"] == "pending")
     raw_figures = ev.get("figures") or []
-    figures = [{"cell": f.get("cell"), "png": f["png"]} for f in raw_figures
-               if isinstance(f, Mapping) and png_ok(f.get("png"))]
+    figures = _within_budget(raw_figures)
     return {
         "course": assignment.course, "lab": assignment.number, "title": assignment.title,
         "members": _members(sub), "file": sub.get("file") or "", "sha256": sub.get("sha256") or "",
@@ -246,21 +291,33 @@ def feedback_files(rows: Iterable[Mapping]) -> list[tuple[str, list[Mapping]]]:
     """``(file name, rows)`` per report, in row order.  Pure.
 
     Uploads of the same notebook under the same base name (every member of a group
-    uploads it) share one report; two different notebooks that would get the same name
-    are told apart by a visible suffix (``..._lab_01_2.pdf``), never by overwriting.
+    uploads it) share one report.  Two different notebooks that would get the same name
+    are told apart by their hashes (``..._lab_01_3fa9c1d2.pdf``), never by overwriting and
+    never by who came first: a group cell can claim anyone, so the plain name goes only
+    to the one notebook whose own uploader is in its group (:func:`grader.manual.backed`),
+    when exactly one is.
     """
+    from .manual import backed
+
+    rows = list(rows)
     groups: dict[tuple[str, str], list[Mapping]] = {}
     for r in rows:
         sub = r["submission"]
         base = _safe_name(sub.get("feedback") or f"group{str(sub.get('sha256', ''))[:8]}")
         groups.setdefault((base, str(sub.get("sha256") or sub.get("id"))), []).append(r)
-    taken: set[str] = set()
-    out = []
-    for (base, _), rs in groups.items():
-        name, n = base, 1
-        while name.lower() in taken:
+    per_base: dict[str, list[str]] = {}
+    for base, sha in groups:
+        per_base.setdefault(base.lower(), []).append(sha)
+    owners = backed(r["submission"] for r in rows if r["submission"].get("sha256"))
+    out, taken = [], set()
+    for (base, sha), rs in groups.items():
+        shas = per_base[base.lower()]
+        mine = [h for h in shas if h in owners]
+        name = base if len(shas) == 1 or mine == [sha] else f"{base}_{re.sub('[^0-9a-z]', '', sha)[:8]}"
+        stem, n = name, 1
+        while name.lower() in taken:   # only a hash prefix shared by two notebooks
             n += 1
-            name = f"{base}_{n}"
+            name = f"{stem}_{n}"
         taken.add(name.lower())
         out.append((name + ".pdf", rs))
     return out
@@ -479,11 +536,40 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def shrink_png(b64: str, side: int = FIGURE_SIDE) -> str | None:
+    """``b64`` (a PNG) at most ``side`` pixels wide and high, 8 bits per channel, as
+    base64; unchanged when it already is; ``None`` when it cannot be decoded."""
+    from PIL import Image
+
+    raw = base64.b64decode(b64)
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            if max(im.size) <= side and raw[24] <= 8 and im.mode in ("1", "L", "LA", "P",
+                                                                     "RGB", "RGBA"):
+                return b64
+            im.load()
+            if im.mode in ("I", "I;16", "I;16B", "I;16L"):   # 16-bit grey: keep the top byte
+                im = im.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+            elif im.mode not in ("L", "RGB", "RGBA"):
+                im = im.convert("RGBA")
+            im.thumbnail((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+            buf = io.BytesIO()
+            im.save(buf, format="PNG")
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
+        return None
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
 def render_feedback_pdf(data: Mapping, path: str | Path) -> Path:
-    """Write one report from :func:`feedback_data`'s dict (charts drawn here)."""
+    """Write one report from :func:`feedback_data`'s dict (charts drawn here, figures
+    downscaled here: see :func:`shrink_png`)."""
     questions = [{**q, "chart": band_chart(q["band"]) if q.get("band") else None}
                  for q in data["questions"]]
-    return _write_pdf("feedback.html.j2", {**data, "questions": questions}, Path(path))
+    figures = [dict(f, png=png) for f in data.get("figures") or []
+               if (png := shrink_png(f["png"])) is not None]
+    skipped = int(data.get("figures_skipped") or 0) + len(data.get("figures") or []) - len(figures)
+    return _write_pdf("feedback.html.j2", {**data, "questions": questions, "figures": figures,
+                                           "figures_skipped": skipped}, Path(path))
 
 
 #: A helper process costs about as much to start (Python, WeasyPrint) as rendering a few

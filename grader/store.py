@@ -9,7 +9,8 @@ Tables
                  again re-executes exactly the hashes without a row (:meth:`Store.pending_hashes`).
 ``scores``       per submission and question; replaced as a whole per submission in one
                  transaction (a rescore never duplicates rows).
-``manual``       instructor's scores per group key and question (from a CSV).
+``manual``       instructor's scores as typed in the CSV (group as written, question, points,
+                 comment, line): matched to a submission at scoring time, never dropped.
 
 WAL journal with ``synchronous=FULL``: a committed row survives SIGKILL and power loss; an
 uncommitted one is simply absent.
@@ -29,9 +30,13 @@ from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from grader.ingest import Batch, Submission, group_key_of
+from grader.manual import ManualScore
+from grader.untrusted import clean_text
+
+__all__ = ["Store", "StoreError", "ManualScore", "read_manual_csv", "DB_NAME"]
 
 DB_NAME = "grader.db"
 SCHEMA_VERSION = 1
@@ -78,10 +83,11 @@ CREATE TABLE IF NOT EXISTS scores (
     PRIMARY KEY (submission_id, question)
 );
 CREATE TABLE IF NOT EXISTS manual (
-    group_key   TEXT NOT NULL,
+    group_key   TEXT NOT NULL,            -- the group as the instructor typed it
     question    TEXT NOT NULL,
-    points      REAL NOT NULL,
+    points      REAL NOT NULL,            -- as typed: a typo is reported, never clamped
     comment     TEXT NOT NULL DEFAULT '',
+    line        INTEGER NOT NULL DEFAULT 0,   -- line of the CSV
     PRIMARY KEY (group_key, question)
 );
 """
@@ -89,17 +95,6 @@ CREATE TABLE IF NOT EXISTS manual (
 
 class StoreError(RuntimeError):
     """The store cannot be used (another lab's store, bad manual CSV...)."""
-
-
-class ManualScore(NamedTuple):
-    group: str        # group key (see grader.ingest.group_key_of)
-    question: str
-    points: float
-    comment: str = ""
-
-    @property
-    def group_key(self) -> str:
-        return self.group
 
 
 def _now() -> str:
@@ -120,7 +115,13 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, default=_jsonable, ensure_ascii=False)
+    # A lone surrogate (a notebook's "\ud800") only occurs inside a JSON string: replaced
+    # there, so that SQLite (UTF-8) takes the text and everything read back is printable.
+    return clean_text(json.dumps(obj, default=_jsonable, ensure_ascii=False))
+
+
+def _text(value: str | None) -> str | None:
+    return None if value is None else clean_text(str(value))
 
 
 def _loads(text: str | None) -> Any:
@@ -151,6 +152,8 @@ class Store:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA busy_timeout=60000")
             self._db.executescript(_SCHEMA)
+            if "line" not in {r[1] for r in self._db.execute("PRAGMA table_info(manual)")}:
+                self._db.execute("ALTER TABLE manual ADD COLUMN line INTEGER NOT NULL DEFAULT 0")
             self._init_meta(lab_number)
         except sqlite3.DatabaseError as exc:
             self._db.close()
@@ -217,15 +220,16 @@ class Store:
         ids: list[int] = []
         with self._tx() as db:
             for s in subs:
+                name = _text(s.name)   # a file name need not be UTF-8
                 db.execute("DELETE FROM submissions WHERE file = ? AND sha256 <> ?",
-                           (s.name, s.sha256))
+                           (name, s.sha256))
                 values = dict(
-                    file=s.name, sha256=s.sha256, group_key=s.group_key,
-                    feedback=s.feedback_name(lab), members=_dumps(list(s.members)),
+                    file=name, sha256=s.sha256, group_key=_text(s.group_key),
+                    feedback=_text(s.feedback_name(lab)), members=_dumps(list(s.members)),
                     family_names=_dumps(list(s.family_names)),
                     file_names=_dumps(list(s.file_names)), flags=_dumps(list(s.flags)),
-                    problem=s.problem, moodle_name=s.moodle_name, moodle_id=s.moodle_id,
-                    added_at=_now())
+                    problem=_text(s.problem), moodle_name=_text(s.moodle_name),
+                    moodle_id=_text(s.moodle_id), added_at=_now())
                 cols = ", ".join(values)
                 marks = ", ".join(f":{k}" for k in values)
                 update = ", ".join(f"{k} = excluded.{k}" for k in values
@@ -233,7 +237,7 @@ class Store:
                 db.execute(f"INSERT INTO submissions ({cols}) VALUES ({marks}) "
                            f"ON CONFLICT (file, sha256) DO UPDATE SET {update}", values)
                 ids.append(db.execute("SELECT id FROM submissions WHERE file = ? AND sha256 = ?",
-                                      (s.name, s.sha256)).fetchone()[0])
+                                      (name, s.sha256)).fetchone()[0])
         return ids
 
     def submissions(self) -> list[dict]:
@@ -263,7 +267,7 @@ class Store:
         seconds = evidence.get("seconds")
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO evidence VALUES (?, ?, ?, ?, ?)",
-                       (sha256, text, evidence.get("status"),
+                       (sha256, text, _text(evidence.get("status")),
                         None if seconds is None else float(seconds), _now()))
 
     def evidence(self, sha256: str) -> dict | None:
@@ -294,7 +298,7 @@ class Store:
             raise ValueError(f"score without a question id: {dict(s)!r}")
         extra = {k: v for k, v in s.items() if k not in cls._SCORE_KEYS}
         return (submission_id, str(qid), float(s.get("points", 0.0)),
-                float(s.get("max_points", 0.0)), s.get("verdict"), s.get("feedback"),
+                float(s.get("max_points", 0.0)), _text(s.get("verdict")), _text(s.get("feedback")),
                 _dumps(s.get("answer")), _dumps(s.get("expected")), _dumps(extra))
 
     def put_scores(self, submission_id: int, scores: Iterable[Mapping[str, Any]]) -> None:
@@ -333,28 +337,34 @@ class Store:
         clean = []
         for r in rows:
             if isinstance(r, Mapping):
-                r = ManualScore(r["group"], r["question"], r["points"], r.get("comment", ""))
-            else:
+                r = ManualScore(r["group"], r["question"], r["points"], r.get("comment", ""),
+                                r.get("line", 0))
+            elif not isinstance(r, ManualScore):
                 r = ManualScore(*r)
-            clean.append((r.group, str(r.question), float(r.points), r.comment or ""))
+            clean.append((_text(r.group), _text(r.question), float(r.points),
+                          _text(r.comment or ""), int(r.line or 0)))
         with self._tx() as db:
             db.execute("DELETE FROM manual")
-            db.executemany("INSERT OR REPLACE INTO manual VALUES (?, ?, ?, ?)", clean)
+            db.executemany("INSERT OR REPLACE INTO manual (group_key, question, points, comment, "
+                           "line) VALUES (?, ?, ?, ?, ?)", clean)
 
     def manual(self) -> list[ManualScore]:
+        """Every manual row as typed, in the CSV's order."""
         return [ManualScore(*r) for r in self._db.execute(
-            "SELECT group_key, question, points, comment FROM manual ORDER BY group_key, question")]
+            "SELECT group_key, question, points, comment, line FROM manual "
+            "ORDER BY line, group_key, question")]
 
 
 MANUAL_COLUMNS = ("group", "question", "points", "comment")
 
 
 def read_manual_csv(path: str | Path) -> list[ManualScore]:
-    """An instructor's CSV ``group,question,points,comment`` -> manual scores.
+    """An instructor's CSV ``group,question,points,comment`` -> manual scores, as typed.
 
-    ``group`` names the group as the instructor likes (``lovelace_turing``,
-    ``Turing_Lovelace_lab_01.pdf``, ``Lovelace Turing``); it is normalised to the group key.
-    ``comment`` may be left out. ``;`` separators and decimal commas (French Excel) are
+    ``group`` names the submission as the instructor likes (``lovelace_turing``,
+    ``Turing_Lovelace_lab_01.pdf``, ``Lovelace Turing``, a report name, a hash prefix); it is
+    matched at scoring time (:func:`grader.manual.match_manual`), which reports every row
+    that matches nothing. ``comment`` may be left out. ``;`` separators and decimal commas (French Excel) are
     accepted. A bad row raises :class:`StoreError` naming the file and the line.
     """
     path = Path(path)
@@ -408,7 +418,8 @@ def read_manual_csv(path: str | Path) -> list[ManualScore]:
             raise StoreError(f"{path}:{lineno}: group {group!r}, question {question!r} "
                              f"already given on line {seen[key, question]}")
         seen[key, question] = lineno
-        out.append(ManualScore(key, question, points, cells.get("comment", "")))
+        out.append(ManualScore(clean_text(group), clean_text(question), points,
+                               clean_text(cells.get("comment", "")), lineno))
     if header is None:
         raise StoreError(f"{path}: empty file (expected the header "
                          f"{','.join(MANUAL_COLUMNS)})")

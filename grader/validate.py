@@ -133,11 +133,12 @@ def validate(folder: str | Path, *, jobs: int = 2, sandbox: str = "auto", data_d
 
 def print_checks(checks: list[Check], console) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="grader validate")
     table.add_column("check")
     table.add_column("result")
     table.add_column("detail", overflow="fold")
     for c in checks:
-        table.add_row(c.name, "PASS" if c.ok else "FAIL", c.detail)
+        table.add_row(c.name, "PASS" if c.ok else "FAIL", Text(str(c.detail)))  # paths: not markup
     console.print(table)

@@ -129,6 +129,21 @@ def read_grades(out: Path) -> dict[str, dict]:
         return {row["file"]: row for row in csv.DictReader(fh)}
 
 
+def formula_cells(path: Path) -> list[str]:
+    """Cells of a CSV that a spreadsheet would evaluate (a leading = + - @, tab or
+    carriage return), numbers aside."""
+    bad = []
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        for row in csv.reader(fh):
+            for cell in row:
+                if cell.startswith(("=", "+", "-", "@", "\t", "\r")) and cell != "-":
+                    try:
+                        float(cell.replace(",", "."))
+                    except ValueError:
+                        bad.append(cell)
+    return bad
+
+
 def processes_matching(needle: bytes) -> list[str]:
     """``"pid: command line"`` of live processes whose command line holds ``needle``."""
     found = []

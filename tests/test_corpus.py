@@ -24,7 +24,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import processes_matching, processes_with_env, read_grades
+from conftest import formula_cells, processes_matching, processes_with_env, read_grades
 from corpus import (AF_SHAPE, GOOD_SECRET, KEY_SECRET, SEED, SOLUTION_SECRET, Context,
                     write_corpus, write_lab)
 
@@ -197,9 +197,29 @@ def test_corpus_batch(tmp_path, small_data):
                 for secret in (KEY_SECRET, SOLUTION_SECRET):
                     assert secret.encode() not in blob, (secret, path)
         goods = {c.file for c in cases if c.good}
-        for nb_path in (out / "executed").glob("*.ipynb"):
-            if nb_path.name not in goods:
+        for nb_path in (out / "executed").rglob("*.ipynb"):
+            if nb_path.relative_to(out / "executed").as_posix() not in goods:
                 assert GOOD_SECRET not in outputs_text(nb_path), nb_path
+
+        # -------- issue 27: nothing a group wrote misleads
+        assert formula_cells(out / "grades.csv") == []
+        assert g["formula_lab_07.ipynb"]["members"].startswith("'=HYPERLINK")
+        assert g["surrogategroup_lab_07.ipynb"]["members"] == "Case Surrogate\ufffdgroup"
+        for twin in ("one", "two"):      # same file name, two folders: two executed notebooks
+            assert f"I am twin {twin}" in outputs_text(out / "executed" / twin / "twin_lab_07.ipynb")
+        index = json.loads((out / "feedback" / "index.json").read_text())
+        assert "mgood_lab_07.pdf" not in index.values()   # claimed by two notebooks: no one's
+        assert "claims the same member" in g["mgood_lab_07.ipynb"]["flags"]
+        from pypdf import PdfReader
+
+        ids = dict(db.execute("SELECT file, id FROM submissions"))
+        report = out / "feedback" / index[str(ids["hugefigures_lab_07.ipynb"])]
+        images = [im for p in PdfReader(str(report)).pages for im in p.images]
+        assert 1 <= len(images) < 12 and all(max(im.image.size) <= 1600 for im in images)
+        for cmd in (["rescore", str(out)], ["moodle", "export", str(out)]):
+            r2 = subprocess.run([sys.executable, "-m", "grader.cli", *cmd], capture_output=True,
+                                text=True, env=env, cwd=ROOT, timeout=300)
+            assert r2.returncode == 0, (cmd, r2.stderr[-3000:])
         assert tree_hashes(small_data) == data_before
         assert tree_hashes(lab) == lab_before
         assert tree_hashes(subs) == subs_before

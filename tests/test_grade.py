@@ -301,3 +301,82 @@ def test_each_worker_gets_its_own_gpu(tmp_path, monkeypatch):
     prestart = g._prestart(1, tmp_path, Console(file=open(os.devnull, "w")), env={})
     k = prestart.take()
     assert k.env == {} and k.devices == []
+
+
+def test_same_file_name_in_two_folders_keeps_two_executed_notebooks(tiny_lab, tmp_path, physionet):
+    """Two uploads named alike in different folders (two Moodle entries): each submission
+    keeps its own executed notebook, holding its own run."""
+    subs = tmp_path / "subs"
+    write(subs / "Ada Lovelace_1_assignsubmission_file", "lovelace_lab_07.ipynb",
+          notebook("print('run of ada')\nanswer = 42", group=("Ada Lovelace",)))
+    write(subs / "Eve Other_2_assignsubmission_file", "lovelace_lab_07.ipynb",
+          notebook("print('run of eve')\nanswer = 1", group=("Eve Other",)))
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["grade", str(subs), "--lab", str(tiny_lab), "--out", str(out),
+                                  "-j", "2", "--data-dir", str(physionet)])
+    assert r.exit_code == 0, r.output
+    for who, folder in (("ada", "Ada Lovelace_1"), ("eve", "Eve Other_2")):
+        path = out / "executed" / f"{folder}_assignsubmission_file" / "lovelace_lab_07.ipynb"
+        assert f"run of {who}" in path.read_text()
+    assert not (out / "executed" / "lovelace_lab_07.ipynb").exists()
+
+
+def test_hostile_moodle_download_leaves_honest_groups_their_grades(tiny_lab, tmp_path, physionet):
+    """Issue 27, done when: a Moodle download holding a zip bomb, a lone surrogate in a
+    group cell, markup in names, a formula, and a notebook claiming an honest group's
+    member, beside two honest groups: exit 0, the honest groups get exactly the grades
+    they get alone (manual score included), every hostile upload a clear status."""
+    import zipfile
+
+    from conftest import formula_cells
+
+    def nb_bytes(*sources, group):
+        return nbformat.writes(notebook(*sources, group=group)).encode()
+
+    ada = nb_bytes("answer = 42", "ratio = 0.25", group=("Ada Lovelace",))
+    alan = nb_bytes("answer = 42", "ratio = 0.3", group=("Alan Turing",))
+    surrogate = json.loads(nb_bytes("answer = 42", group=("x",)))
+    surrogate["cells"][0]["source"] = 'GROUP = ["Eve Sur\ud800rogate"]'
+    honest = {"Ada Lovelace_1_assignsubmission_file/lovelace_lab_07.ipynb": ada,
+              "Alan Turing_2_assignsubmission_file/turing_lab_07.ipynb": alan}
+    hostile = {
+        "Eve Bomb_3_assignsubmission_file/bomb_lab_07.ipynb": b"\0" * (101 * 2**20),
+        "Eve Surrogate_4_assignsubmission_file/surrogate_lab_07.ipynb":
+            json.dumps(surrogate).encode(),
+        "Eve [bold]Markup_5_assignsubmission_file/markup[red]_lab_07.ipynb":
+            nb_bytes("answer = 42", group=("[/]Eve [link=x]Markup",)),
+        "=cmd Eve_6_assignsubmission_file/formula_lab_07.ipynb":
+            nb_bytes("answer = 42", group=("=cmd Eve", '=HYPERLINK("http://evil.example")')),
+        "Eve Claim_7_assignsubmission_file/lovelace_lab_07.ipynb":
+            nb_bytes("answer = 42", "ratio = 0.25", "print('mine')", group=("Ada Lovelace",)),
+    }
+    manual = tmp_path / "manual.csv"
+    manual.write_text("group,question,points,comment\nLovelace,why,2.5,clear\n")
+
+    def run(files: dict, name: str) -> dict:
+        zpath = tmp_path / f"{name}.zip"
+        with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as z:
+            for arc, data in files.items():
+                z.writestr(arc, data)
+        out = tmp_path / name
+        r = CliRunner().invoke(main, ["grade", str(zpath), "--lab", str(tiny_lab), "--out",
+                                      str(out), "-j", "2", "--data-dir", str(physionet),
+                                      "--manual", str(manual)])
+        assert r.exit_code == 0, r.output
+        assert formula_cells(out / "grades.csv") == []
+        return grades(out)
+
+    alone = run(honest, "alone")
+    batch = run({**honest, **hostile}, "batch")
+    for file in honest:
+        assert {k: batch[file][k] for k in ("status", "total", "answer", "ratio", "why")} == \
+            {k: alone[file][k] for k in ("status", "total", "answer", "ratio", "why")}, file
+    assert alone["Ada Lovelace_1_assignsubmission_file/lovelace_lab_07.ipynb"]["total"] == "5.5"
+    bomb = batch["Eve Bomb_3_assignsubmission_file/bomb_lab_07.ipynb"]
+    assert bomb["status"].startswith("invalid: batch.zip: ") and "refused" in bomb["status"]
+    claim = batch["Eve Claim_7_assignsubmission_file/lovelace_lab_07.ipynb"]
+    assert claim["why"] == "0" and "claims the same member" in claim["flags"]
+    assert batch["Eve Surrogate_4_assignsubmission_file/surrogate_lab_07.ipynb"]["total"] == "2"
+    assert batch["'=cmd Eve_6_assignsubmission_file/formula_lab_07.ipynb"]["total"] == "2"
+    markup = batch["Eve [bold]Markup_5_assignsubmission_file/markup[red]_lab_07.ipynb"]
+    assert markup["members"] == "[/]Eve [link=x]Markup" and markup["total"] == "2"

