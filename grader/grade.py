@@ -93,9 +93,9 @@ def run_one(nb_path: Path, *, assignment: Assignment, limits: Limits, isolation,
                                             data_dir=data_dir, hidden=hidden, threads=threads,
                                             env=env, devices=devices)
         work = kernel.workdir
-        result = execute_notebook(nb_path, kernel=kernel, epilogue=epilogue_code(assignment))
+        result = execute_notebook(nb_path, kernel=kernel, snapshot=epilogue_code(assignment))
         evidence = collect(result, work, assignment)
-        if result.status in ("ok", "errors") and assignment.measurements:
+        if assignment.measurements:  # a run that stopped early keeps the models it had made
             evidence["measurements"] = measure_models(work, assignment, data_dir)
         else:
             evidence.setdefault("measurements", {})

@@ -24,7 +24,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-from .evidence import Refused, decode_value
+from .evidence import Refused, decode_value, stopped_note
 from .measure import measurement_key
 
 #: The feedback of a text answer that awaits the instructor's mark (reports show it as pending).
@@ -232,6 +232,8 @@ def _measured(q, evidence) -> tuple[float | None, str | None]:
 
 def _metric(q, evidence, entry):
     value, why = _measured(q, evidence)
+    if value is None and why.startswith("not reached"):
+        return 0.0, "missing", f"{why[0].upper()}{why[1:]}.", None
     if value is None:
         return 0.0, "wrong", f"No points: {why}.", None
     full, zero = float(entry["full"]), float(entry["zero"])
@@ -294,7 +296,9 @@ def _one(q, evidence: Mapping, entries: Mapping) -> QuestionScore:
     answers = evidence.get("answers") or {}
     raw = answers.get(q.answer, _MISSING)
     if raw is _MISSING:
-        return make(0, "missing", "No answer found.", None, expected)
+        note = stopped_note(evidence)
+        return make(0, "missing", f"{note[0].upper()}{note[1:]}." if note else "No answer found.",
+                    None, expected)
     try:
         a = decode_value(raw)
     except Exception:  # evidence not validated by collect(): treat as unreadable
