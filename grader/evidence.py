@@ -297,7 +297,8 @@ def export_model(var, obj, before):
     except Refuse as exc:
         return {"error": "the config of %%r is not plain JSON (%%s)" %% (var, exc.why)}
     tensors = module_tensors(torch, obj)
-    fp = [config_text] + fingerprint(obj, tensors)
+    with no_torch_overrides(torch):
+        fp = [config_text] + fingerprint(obj, tensors)
     pt = os.path.join(MODELS_DIR, var + ".pt")
     cf = os.path.join(MODELS_DIR, var + ".json")
     if before is not None and dict.get(before, "fingerprint") == fp and \

@@ -352,3 +352,222 @@ def test_model_files_are_checked_before_reading(tmp_path):
         with pytest.raises(MeasureError) as err:
             _read_regular(models / name, work, 100, what)
         assert str(err.value).startswith(f"the {what} file {name} {says}"), str(err.value)
+
+
+# ---------------------------------------------------------------- what a stopped run keeps
+
+STOP_TOML = '''
+[lab]
+number = 9
+title = "stops"
+notebook = "tiny.ipynb"
+
+[[question]]
+id = "answer"
+points = 2
+kind = "integer"
+prompt = "six times seven"
+answer = "answer"
+
+[[question]]
+id = "ratio"
+points = 1
+kind = "number"
+prompt = "a ratio"
+answer = "ratio"
+
+[[question]]
+id = "later"
+points = 1
+kind = "integer"
+prompt = "set after the crash"
+answer = "later"
+
+[[question]]
+id = "acc"
+points = 2
+kind = "metric"
+prompt = "accuracy"
+model = "model"
+task = "af"
+metric = "accuracy"
+
+[[question]]
+id = "acc2"
+points = 2
+kind = "metric"
+prompt = "accuracy of a model never made"
+model = "model2"
+task = "af"
+metric = "accuracy"
+'''
+
+STOP_KEY = {"questions": {"answer": {"expected": 42}, "ratio": {"expected": 0.25},
+                          "later": {"expected": 1}, "acc": {"full": 1.0, "zero": 0.0},
+                          "acc2": {"full": 1.0, "zero": 0.0}}}
+
+
+def _stop_lab(tmp_path):
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "lab" / "assignment.toml").write_text(STOP_TOML)
+    return load_assignment(tmp_path / "lab")
+
+
+def _run_cells(tmp_path, lab, *sources, limits=None):
+    cells = [new_code_cell('GROUP = ["Ada Lovelace"]')]
+    cells[0].metadata["grader"] = {"group": True}
+    cells += [new_code_cell(s) for s in sources]
+    work = tmp_path / "work"
+    result = execute_notebook(new_notebook(cells=cells), workdir=work, isolation=resolve("none"),
+                              limits=limits or Limits(cell_timeout=60, notebook_timeout=120),
+                              snapshot=epilogue_code(lab))
+    return result, work, collect(result, work, lab)
+
+
+MODEL_CELL = """
+import torch
+from reference.models import build_model
+torch.manual_seed(0)
+model = build_model("mlp", 30, 1, 2)
+answer = 42
+"""
+
+
+def test_crash_keeps_answers_and_model_as_at_the_last_finished_cell(tmp_path):
+    """The crashing cell changes an answer and zeroes the model's weights in place, then
+    dies: both are graded as they were after the cell before; what came later is not
+    reached."""
+    import torch
+    from reference.models import build_model
+
+    lab = _stop_lab(tmp_path)
+    result, work, ev = _run_cells(
+        tmp_path, lab, MODEL_CELL, "import time\ntime.sleep(0.2)\nratio = 0.25",
+        "with torch.no_grad():\n    for p in model.parameters():\n        p.zero_()\n"
+        "answer = 7\nimport os\nos._exit(1)", "later = 1")
+    assert result.status == "dead" and result.stopped_cell == 3
+    assert ev["answers"] == {"answer": 42, "ratio": 0.25}
+    assert ev["stopped"] == {"cell": 3, "snapshot_cell": 2, "why": "kernel died"}
+    pt = work / MODELS_DIR / "model.pt"
+    assert set(ev["models"]["model"]) == {"state", "config"}
+    # the weights after cell 1, written once: cell 2 changed nothing, so no rewrite
+    assert pt.stat().st_mtime_ns < (work / EVIDENCE_FILE).stat().st_mtime_ns - 100_000_000
+    torch.manual_seed(0)
+    fresh = build_model("mlp", 30, 1, 2).state_dict()
+    saved = torch.load(pt, weights_only=True)
+    assert saved.keys() == fresh.keys()
+    assert all(torch.equal(saved[k], fresh[k]) for k in fresh)
+    ev["measurements"] = {}
+    r = score(lab, ev, STOP_KEY)
+    assert r.question("answer").points == 2 and r.question("ratio").points == 1
+    for qid in ("later", "acc2"):
+        q = r.question(qid)
+        assert q.points == 0 and q.verdict == "missing"
+        assert q.feedback == "Not reached: the notebook stopped in cell 3 (kernel died).", q
+    assert "stopped in cell 3" in result.message
+
+
+def test_timeout_keeps_answers_before_the_cell(tmp_path):
+    lab = _stop_lab(tmp_path)
+    result, work, ev = _run_cells(tmp_path, lab, "answer = 42", "ratio = 0.25",
+                                  "answer = 0\nwhile True:\n    pass", "later = 1",
+                                  limits=Limits(cell_timeout=3, notebook_timeout=60))
+    assert result.status == "timeout"
+    assert ev["answers"] == {"answer": 42, "ratio": 0.25}
+    r = score(lab, ev, STOP_KEY)
+    assert r.total == 3
+    assert r.question("later").feedback == "Not reached: the notebook stopped in cell 3 (timeout)."
+    assert r.question("acc").feedback == "Not reached: the notebook stopped in cell 3 (timeout)."
+
+
+HOSTILE_TOML = STOP_TOML + '''
+[[question]]
+id = "f_sub"
+points = 1
+kind = "number"
+prompt = "a float subclass"
+answer = "f_sub"
+
+[[question]]
+id = "t_sub"
+points = 1
+kind = "number"
+prompt = "a tensor subclass"
+answer = "t_sub"
+
+[[question]]
+id = "np_sub"
+points = 1
+kind = "number"
+prompt = "a numpy scalar subclass"
+answer = "np_sub"
+
+[[question]]
+id = "t_plain"
+points = 1
+kind = "number"
+prompt = "a plain tensor"
+answer = "t_plain"
+'''
+
+
+def test_collection_calls_no_method_of_the_groups_objects(tmp_path):
+    """#27: the collection reads values and weights through torch's and Python's own
+    functions: a replaced state_dict, a float/tensor/numpy subclass and a torch function
+    mode left active never run (each would leave a file behind)."""
+    import torch
+    from reference.models import build_model
+
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "lab" / "assignment.toml").write_text(HOSTILE_TOML)
+    lab = load_assignment(tmp_path / "lab")
+    spy = "lambda *a, **k: (open('CALLED-' + str(len(a)), 'w').close(), __import__('time').sleep(20))"
+    result, work, ev = _run_cells(tmp_path, lab, MODEL_CELL, f"""
+import numpy as np
+from torch.overrides import TorchFunctionMode
+model.state_dict = {spy}
+type(model).state_dict = {spy}
+type(model)._save_to_state_dict = {spy}
+class F(float):
+    def __float__(self): open('CALLED-float', 'w').close(); return 1.0
+    def __add__(self, o): open('CALLED-add', 'w').close(); return 1.0
+class T(torch.Tensor):
+    pass
+class N(np.float64):
+    def item(self): open('CALLED-np', 'w').close(); return 1.0
+f_sub = F(0.25)
+t_sub = torch.tensor(0.5).as_subclass(T)
+np_sub = N(0.5)
+t_plain = torch.tensor(0.75)
+class Spy(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        open('CALLED-mode', 'w').close()
+        return func(*args, **(kwargs or {{}}))
+Spy().__enter__()
+torch.ones(1) + 1
+import os
+assert os.path.exists('CALLED-mode')
+os.remove('CALLED-mode')
+""")
+    assert result.status == "ok", result.errors
+    assert result.epilogue_error is None, result.epilogue_error
+    assert sorted(p.name for p in work.glob("CALLED-*")) == []
+    a = ev["answers"]
+    assert a["f_sub"] == 0.25 and a["t_plain"] == 0.75
+    assert a["t_sub"]["why"] == "a subclass of torch.Tensor"
+    assert a["np_sub"]["why"] == "a subclass of a numpy scalar"
+    torch.manual_seed(0)
+    fresh = torch.nn.Module.state_dict(build_model("mlp", 30, 1, 2))
+    saved = torch.load(work / MODELS_DIR / "model.pt", weights_only=True)
+    assert saved.keys() == fresh.keys() and all(torch.equal(saved[k], fresh[k]) for k in fresh)
+
+
+def test_a_model_with_a_tensor_subclass_is_refused(tmp_path):
+    lab = _stop_lab(tmp_path)
+    result, work, ev = _run_cells(tmp_path, lab, MODEL_CELL, """
+class T(torch.Tensor):
+    pass
+model.register_buffer("odd", torch.zeros(3).as_subclass(T))
+""")
+    assert result.status == "ok", result.errors
+    assert "'model' cannot be exported: the buffer odd is not a plain tensor" in ev["models"]["model"]["error"]
