@@ -110,7 +110,8 @@ class ExecutionResult:
     run time of cell ``i`` (``None``: not run).  ``stopped_cell``: the cell
     that stopped a ``timeout`` or ``dead`` run (``None``: the kernel never
     started, or the run went to its end).  ``snapshot_cell``: the last cell
-    after which the ``snapshot`` code ran to its end (``None``: never).
+    after which the ``snapshot`` code ran to its end (``None``: never);
+    ``snapshot_seconds`` the time all snapshots took.
     """
 
     notebook: NotebookNode
@@ -126,6 +127,7 @@ class ExecutionResult:
     truncated_cells: list[int] = field(default_factory=list)
     stopped_cell: int | None = None
     snapshot_cell: int | None = None
+    snapshot_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -727,6 +729,7 @@ class _Run:
         self.startup_seconds: float | None = None
         self.stopped_cell: int | None = None
         self.snapshot_cell: int | None = None
+        self.snapshot_seconds = 0.0
         self._limit_hit = ""
 
     def _timeout(self, cell: NotebookNode) -> float | None:
@@ -809,7 +812,9 @@ class _Run:
 
         What the grader keeps of a notebook that later dies or times out is the last
         snapshot: the state after the last cell that finished, never a half-run cell's."""
+        started = time.monotonic()
         error = await self._run_hidden(self.snapshot)
+        self.snapshot_seconds += time.monotonic() - started
         if error is None:
             self.snapshot_cell = index
             return True
@@ -999,7 +1004,7 @@ async def execute_notebook_async(
         isolation=kernel.description, epilogue_error=run.epilogue_error,
         epilogue_output=run.epilogue_output, truncated_cells=run.truncated,
         message=_message(run.status, run.errors), stopped_cell=run.stopped_cell,
-        snapshot_cell=run.snapshot_cell,
+        snapshot_cell=run.snapshot_cell, snapshot_seconds=round(run.snapshot_seconds, 3),
     )
 
 

@@ -13,7 +13,8 @@ in a subprocess with a minimal environment.  That process, for every
 4. loads the test split itself (:func:`reference.data.load_task`, once per task and fold)
    and evaluates on CPU (:func:`reference.training.evaluate`, ``by_subject`` for gait).
 
-Result: ``{"<var>|<task>|<fold>": {"metrics": {...}} | {"error": "..."}}``.  Bad input
+Result: ``{"<var>|<task>|<fold>": {"metrics": {...}, "kinds": [...], "layers": "..."} |
+{"error": "..."}}`` (``kinds``: :func:`model_kinds` of the rebuilt network).  Bad input
 never raises: every problem becomes an ``error`` entry.
 
 Example::
@@ -173,6 +174,25 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def model_kinds(model) -> tuple[list[str], str]:
+    """The kinds of ``model`` (see :data:`grader.assignment.MODEL_KINDS`) and its layer
+    types, told from the modules of the network the grader built: recurrent if it has an
+    RNN/LSTM/GRU layer, convolutional if it has a convolution, mlp if it has neither."""
+    from torch import nn
+
+    layers = [m for m in model.modules() if not list(m.children())]
+    kinds = []
+    if any(isinstance(m, nn.RNNBase) for m in layers):
+        kinds.append("recurrent")
+    if any(isinstance(m, nn.modules.conv._ConvNd) for m in layers):
+        kinds.append("convolutional")
+    if not kinds and any(isinstance(m, nn.Linear) for m in layers):
+        kinds.append("mlp")
+    names = list(dict.fromkeys(type(m).__name__ for m in layers
+                               if isinstance(m, (nn.RNNBase, nn.modules.conv._ConvNd, nn.Linear))))
+    return kinds, ", ".join(names)
+
+
 def measure_one(workdir: Path, var: str, task: str, fold: int, data) -> dict:
     import torch
     from reference.models import from_config
@@ -207,7 +227,8 @@ def measure_one(workdir: Path, var: str, task: str, fold: int, data) -> dict:
     with torch.no_grad():
         metrics = evaluate(model, data.test, data.n_classes, by_subject=task != "af",
                            device="cpu")
-    return {"metrics": _jsonable(metrics)}
+    kinds, layers = model_kinds(model)
+    return {"metrics": _jsonable(metrics), "kinds": kinds, "layers": layers}
 
 
 def run_request(request: dict) -> dict:

@@ -157,7 +157,8 @@ def test_running_check_reports_form_of_each_answer(tmp_path, physionet):
 
 
 @pytest.mark.parametrize("kind, value, ok", [
-    ("integer", 4130, True), ("integer", True, False), ("integer", 15.0, True),
+    ("integer", 4130, True), ("integer", True, True), ("integer", 15.0, True),
+    ("consistency", 45.4, False), ("consistency", 0.454, True),
     ("number", float("nan"), False), ("number", 0.45, True), ("number", "0.45", False),
     ("consistency", 1.5, False), ("tuple", (8, 30, 64), True), ("tuple", (8.0, 30), True),
     ("tuple", (8.5, 30), False), ("choice", "ReLU ", True), ("choice", 1, False),
@@ -173,14 +174,17 @@ def test_answer_form(kind, value, ok):
     ("integer", 15.0), ("integer", 3.5), ("integer", True), ("tuple", (8.0, 30)),
     ("tuple", (8.5, 30)), ("tuple", "8, 30"), ("choice", 1), ("choice", "softmax"),
     ("choice", " Tanh"), ("multi", frozenset()), ("multi", (1, 2)), ("multi", "tanh"),
-    ("number", "0.45"), ("number", 0.45),
+    ("number", "0.45"), ("number", 0.45), ("fraction", 45.4), ("fraction", 0.45),
+    ("consistency", 45.4),
 ])
 def test_check_refuses_the_forms_scoring_refuses(kind, value):
     """For these forms, what `grader check` calls a wrong form is what scoring marks
     "invalid" (0 points), and the other way round: a student is never told a form is fine
     that then scores 0 as invalid, nor warned about a form that the grader compares."""
-    q = Question("q", 1, kind, "p", answer="q", choices=("sigmoid", "tanh", "relu"))
-    expected = {"integer": 15, "tuple": [8, 30], "choice": "tanh", "multi": ["tanh"],
+    q = Question("q", 1, "number" if kind == "fraction" else kind, "p", answer="q",
+                 choices=("sigmoid", "tanh", "relu"), fraction=kind == "fraction",
+                 model="m", task="af", metric="accuracy")
+    expected = {"fraction": 0.45, "consistency": 0.45, "integer": 15, "tuple": [8, 30], "choice": "tanh", "multi": ["tanh"],
                 "number": 0.45}[kind]
     verdict = score(SimpleNamespace(questions=[q]), {"answers": {"q": _encoded(value)}},
                     {"questions": {"q": {"expected": expected}}}).questions[0].verdict

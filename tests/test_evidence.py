@@ -420,7 +420,8 @@ def _run_cells(tmp_path, lab, *sources, limits=None):
     work = tmp_path / "work"
     result = execute_notebook(new_notebook(cells=cells), workdir=work, isolation=resolve("none"),
                               limits=limits or Limits(cell_timeout=60, notebook_timeout=120),
-                              snapshot=epilogue_code(lab))
+                              snapshot=epilogue_code(lab), data_dir=os.environ.get("GRADER_DATA"),
+                              env={"GRADER_CACHE": os.environ["GRADER_CACHE"]})
     return result, work, collect(result, work, lab)
 
 
@@ -571,3 +572,108 @@ model.register_buffer("odd", torch.zeros(3).as_subclass(T))
 """)
     assert result.status == "ok", result.errors
     assert "'model' cannot be exported: the buffer odd is not a plain tensor" in ev["models"]["model"]["error"]
+
+
+KIND_TOML = '''
+[lab]
+number = 9
+title = "kinds"
+notebook = "tiny.ipynb"
+
+[[question]]
+id = "rnn_acc"
+points = 2
+kind = "metric"
+prompt = "accuracy of an RNN"
+model = "rnn_af"
+task = "af"
+metric = "accuracy"
+requires = "recurrent"
+
+[[question]]
+id = "rnn_reported"
+points = 1
+kind = "consistency"
+prompt = "its accuracy as reported"
+answer = "rnn_reported"
+model = "rnn_af"
+task = "af"
+metric = "accuracy"
+requires = "recurrent"
+tolerance = { abs = 0.001 }
+
+[[question]]
+id = "cnn_acc"
+points = 2
+kind = "metric"
+prompt = "accuracy of a CNN"
+model = "cnn_af"
+task = "af"
+metric = "accuracy"
+requires = "convolutional"
+
+[[question]]
+id = "mlp_acc"
+points = 2
+kind = "metric"
+prompt = "accuracy of an MLP"
+model = "mlp_af"
+task = "af"
+metric = "accuracy"
+requires = "mlp"
+'''
+
+
+def test_a_cnn_handed_in_where_an_rnn_is_required_scores_zero(tmp_path, physionet):
+    """The kind is told from the network the grader rebuilt (its layers), not from the
+    name the group gave it: a CNN in `rnn_af` gets 0 for the RNN's questions, with what
+    was found; the right kinds get their points."""
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "lab" / "assignment.toml").write_text(KIND_TOML)
+    lab = load_assignment(tmp_path / "lab")
+    result, work, ev = _run_cells(tmp_path, lab, """
+import torch
+from reference.models import build_model
+from reference.data import load_task
+from reference.training import evaluate
+torch.manual_seed(0)
+rnn_af = build_model("cnn", 30, 1, 2, filters=(4, 8), kernel_size=3)
+cnn_af = build_model("cnn", 30, 1, 2, filters=(4, 8), kernel_size=3)
+mlp_af = build_model("mlp", 30, 1, 2, hidden=(8,))
+rnn_af.eval()
+rnn_reported = float(evaluate(rnn_af, load_task("af").test, 2, device="cpu")["accuracy"])
+""")
+    assert result.status == "ok", result.errors
+    ev["measurements"] = measure_models(work, lab, physionet, timeout=300)
+    key = {"questions": {q: {"full": 0.0, "zero": -1.0} for q in ("rnn_acc", "cnn_acc", "mlp_acc")}
+           | {"rnn_reported": {}}}
+    r = score(lab, ev, key)
+    assert r.question("cnn_acc").points == 2 and r.question("mlp_acc").points == 2
+    rnn = r.question("rnn_acc")
+    assert rnn.points == 0
+    assert rnn.feedback == ("No points: 'rnn_af' is convolutional (Conv1d, Linear), but this "
+                            "question requires a recurrent model.")
+    assert r.question("rnn_reported").points == 0
+    assert "requires a recurrent model" in r.question("rnn_reported").feedback
+    assert ev["measurements"]["rnn_af|af|0"]["kinds"] == ["convolutional"]
+    assert ev["measurements"]["mlp_af|af|0"]["kinds"] == ["mlp"]
+
+
+def test_model_kinds_from_the_layers():
+    import torch
+    from reference.models import build_model
+
+    from grader.measure import model_kinds
+
+    class CnnLstm(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv1d(1, 4, 3)
+            self.lstm = torch.nn.LSTM(4, 8, batch_first=True)
+            self.fc = torch.nn.Linear(8, 2)
+
+    assert model_kinds(build_model("bigru", 30, 1, 2, hidden=8)) == (["recurrent"], "GRU, Linear")
+    assert model_kinds(build_model("lstm", 30, 1, 2, hidden=8))[0] == ["recurrent"]
+    assert model_kinds(build_model("cnn", 30, 1, 2))[0] == ["convolutional"]
+    assert model_kinds(build_model("mlp", 30, 1, 2)) == (["mlp"], "Linear")
+    assert model_kinds(CnnLstm()) == (["recurrent", "convolutional"], "Conv1d, LSTM, Linear")
