@@ -56,6 +56,9 @@ MAX_DEPTH = 32
 MAX_FIGURES = 12
 MAX_FIGURE_BYTES = 1_000_000       # base64 text of one PNG
 MAX_TEXT_CHARS = 20_000            # one free-text answer
+#: A model's input, (window, channels), per task (reference.data's defaults): the dummy
+#: batch that traces a hand-written module into ONNX.
+TASK_INPUT = {"af": (30, 1), "gait_binary": (20, 12), "gait_4class": (20, 12)}
 
 
 # --------------------------------------------------------------------------
@@ -281,17 +284,90 @@ def write_atomic(path, write):
     os.replace(tmp, path)
 
 
+def remove(*paths):
+    for p in paths:
+        if os.path.lexists(p):
+            os.remove(p)
+
+
+# What a traced forward cannot keep, by the tracer's words: the construct and how to
+# write it instead.
+TRACER_HINTS = (
+    ("Python boolean", "an `if` or `while` on a tensor's value", "torch.where or a mask"),
+    ("Python index", "a tensor used as a Python index or range", "tensor indexing or slicing"),
+    ("Python number", "`.item()`, `float()` or `int()` of a tensor",
+     "tensor operations throughout"),
+    ("Python value", "a tensor turned into a Python value", "tensor operations throughout"),
+    ("iterating over a tensor", "a Python loop over a tensor", "batched tensor operations"),
+)
+
+
+def export_onnx(var, obj, shape, before):
+    """A hand-written module (no build_model config) as ONNX: the graph of operators and
+    its weights, data that the grader runs with onnxruntime, never as Python.  Tracing runs
+    the group's forward here, in the kernel, inside the sandbox and the allowance."""
+    torch = sys.modules["torch"]
+    import warnings
+    tensors = module_tensors(torch, obj)
+    with no_torch_overrides(torch):
+        fp = ["onnx", shape] + fingerprint(obj, tensors)
+    path = os.path.join(MODELS_DIR, var + ".onnx")
+    if before is not None and dict.get(before, "fingerprint") == fp and os.path.isfile(path):
+        return before
+    os.makedirs(MODELS_DIR, exist_ok=True)
+    remove(os.path.join(MODELS_DIR, var + ".pt"), os.path.join(MODELS_DIR, var + ".json"))
+    Module = torch.nn.Module
+    training = dict.get(Module.__dict__["__dict__"].__get__(obj), "training", False)
+    Module.train(obj, False)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+
+            def write(p):
+                # batch 1: an LSTM traced on more would fix its batch size in the graph
+                torch.onnx.export(obj, (torch.zeros([1] + list(shape)),), p, dynamo=False,
+                                  input_names=["x"], output_names=["logits"],
+                                  dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
+            try:
+                write_atomic(path, write)
+            except Exception as exc:
+                remove(path, path + ".tmp")
+                why = "; ".join(a for a in BaseException.__dict__["args"].__get__(exc)
+                                if type(a) is str).splitlines()
+                raise Refuse(tname(obj), "torch.onnx.export failed (%%s: %%s)"
+                             %% (tname(exc), why[0][:300] if why else ""))
+    finally:
+        Module.train(obj, bool(training))
+    torch_dir = os.path.dirname(torch.__file__) + os.sep
+    for w in caught:
+        # torch's own modules (nn.LSTM) check their inputs in Python: only the group's
+        # code counts
+        if issubclass(w.category, torch.jit.TracerWarning) and \
+                not str(w.filename).startswith(torch_dir):
+            remove(path)
+            m = w.message
+            text = BaseException.__str__(m) if isinstance(m, BaseException) else str(m)
+            for key, construct, instead in TRACER_HINTS:
+                if key in text:
+                    break
+            else:
+                construct, instead = "Python control flow on tensor values", "tensor operations"
+            raise Refuse(tname(obj), "its forward uses %%s, which an exported graph cannot "
+                         "follow (it keeps the one path taken on a dummy input); write it with "
+                         "%%s instead" %% (construct, instead))
+    return {"onnx": path, "fingerprint": fp}
+
+
 def export_model(var, obj, before):
     torch = sys.modules.get("torch")
     if torch is None:
         return {"error": "torch was never imported, so %%r cannot be a PyTorch model" %% var}
     if not issubclass(type(obj), torch.nn.Module):
-        return {"error": "%%r is a %%s, not a model made with build_model" %% (var, tname(obj))}
+        return {"error": "%%r is a %%s, not a model (a torch.nn.Module)" %% (var, tname(obj))}
     attrs = torch.nn.Module.__dict__["__dict__"].__get__(obj)
     config = dict.get(attrs, "config") if issubclass(type(attrs), dict) else None
     if config is None:
-        return {"error": "%%r is a %%s, not a model made with build_model (no config)"
-                         %% (var, tname(obj))}
+        return export_onnx(var, obj, _SHAPES[var], before)
     try:
         config_text = json.dumps(plain(config), allow_nan=False)
     except Refuse as exc:
@@ -305,6 +381,7 @@ def export_model(var, obj, before):
             os.path.isfile(pt) and os.path.isfile(cf):
         return before
     os.makedirs(MODELS_DIR, exist_ok=True)
+    remove(os.path.join(MODELS_DIR, var + ".onnx"))
     TB = torch._C.TensorBase.__dict__
     with no_torch_overrides(torch):
         state = {k: TB["cpu"](TB["detach"](t)) for k, t in tensors.items()}
@@ -366,12 +443,15 @@ def epilogue_code(assignment: "Assignment") -> str:
                                evidence_file=EVIDENCE_FILE, models_dir=MODELS_DIR)
     variables = list(assignment.answer_variables)
     models = list(dict.fromkeys(m[0] for m in assignment.measurements))
+    shapes: dict[str, list[int]] = {}
+    for var, task, _fold in assignment.measurements:
+        shapes.setdefault(var, list(TASK_INPUT[task]))
     return (
         "import builtins as _grader_builtins_\n"
         "try:\n"
         f"    _grader_builtins_.exec({body!r}, {{'__builtins__': _grader_builtins_, "
         f"'__name__': 'grader_epilogue', '_USER_NS': _grader_builtins_.globals(), "
-        f"'_VARS': {variables!r}, '_MODELS': {models!r}}})\n"
+        f"'_VARS': {variables!r}, '_MODELS': {models!r}, '_SHAPES': {shapes!r}}})\n"
         "finally:\n"
         "    del _grader_builtins_\n"
     )
@@ -564,7 +644,7 @@ def collect(result: "ExecutionResult", workdir: str | os.PathLike,
     ``evidence_error`` (why the evidence file could not be used, or None), ``texts``
     (text question cell tag -> markdown source), ``group`` (list of names or None),
     ``group_error``, ``figures`` (``[{"cell", "png"}]`` base64), ``figures_skipped``,
-    ``models`` (var -> ``{"state", "config"}`` absolute paths, or ``{"error"}``).
+    ``models`` (var -> ``{"state", "config"}`` or ``{"onnx"}`` absolute paths, or ``{"error"}``).
     """
     root = Path(workdir)
     nb = result.notebook if result.notebook is not None else {}
@@ -620,6 +700,8 @@ def collect(result: "ExecutionResult", workdir: str | os.PathLike,
             ev["models"][var] = {"error": ev["evidence_error"] or "the model was not exported"}
         elif "error" in entry:
             ev["models"][var] = {"error": str(entry["error"])[:500]}
+        elif "onnx" in entry:
+            ev["models"][var] = {"onnx": str(root / MODELS_DIR / f"{var}.onnx")}
         else:
             # Never trust the paths the kernel wrote: the grader knows where they go.
             ev["models"][var] = {"state": str(root / MODELS_DIR / f"{var}.pt"),
