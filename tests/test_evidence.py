@@ -413,7 +413,7 @@ def _stop_lab(tmp_path):
     return load_assignment(tmp_path / "lab")
 
 
-def _run_cells(tmp_path, lab, *sources, limits=None):
+def _run_cells(tmp_path, lab, *sources, limits=None, cache=None):
     cells = [new_code_cell('GROUP = ["Ada Lovelace"]')]
     cells[0].metadata["grader"] = {"group": True}
     cells += [new_code_cell(s) for s in sources]
@@ -421,7 +421,7 @@ def _run_cells(tmp_path, lab, *sources, limits=None):
     result = execute_notebook(new_notebook(cells=cells), workdir=work, isolation=resolve("none"),
                               limits=limits or Limits(cell_timeout=60, notebook_timeout=120),
                               snapshot=epilogue_code(lab), data_dir=os.environ.get("GRADER_DATA"),
-                              env={"GRADER_CACHE": os.environ["GRADER_CACHE"]})
+                              env={"GRADER_CACHE": cache or os.environ["GRADER_CACHE"]})
     return result, work, collect(result, work, lab)
 
 
@@ -677,3 +677,191 @@ def test_model_kinds_from_the_layers():
     assert model_kinds(build_model("cnn", 30, 1, 2))[0] == ["convolutional"]
     assert model_kinds(build_model("mlp", 30, 1, 2)) == (["mlp"], "Linear")
     assert model_kinds(CnnLstm()) == (["recurrent", "convolutional"], "Conv1d, LSTM, Linear")
+
+
+# ---------------------------------------------------------------- any module, as ONNX
+
+ANY_TOML = '''
+[lab]
+number = 9
+title = "any module"
+notebook = "tiny.ipynb"
+
+[[question]]
+id = "lstm_acc"
+points = 2
+kind = "metric"
+prompt = "accuracy of the lecture's RnnModel"
+model = "lstm_model"
+task = "af"
+metric = "accuracy"
+requires = "recurrent"
+
+[[question]]
+id = "seq_acc"
+points = 2
+kind = "metric"
+prompt = "accuracy of a Sequential MLP"
+model = "seq_model"
+task = "gait_binary"
+metric = "subject_balanced_accuracy"
+requires = "mlp"
+
+[[question]]
+id = "cnn_as_rnn"
+points = 2
+kind = "metric"
+prompt = "a hand-written CNN where an RNN is asked"
+model = "cnn_model"
+task = "af"
+metric = "accuracy"
+requires = "recurrent"
+
+[[question]]
+id = "branchy_acc"
+points = 2
+kind = "metric"
+prompt = "control flow on a tensor"
+model = "branchy"
+task = "af"
+metric = "accuracy"
+
+[[question]]
+id = "reported_lstm"
+points = 1
+kind = "number"
+prompt = "the notebook's own accuracy of lstm_model"
+answer = "reported_lstm"
+
+[[question]]
+id = "reported_seq"
+points = 1
+kind = "number"
+prompt = "the notebook's own figure of seq_model"
+answer = "reported_seq"
+'''
+
+ANY_CELL = """
+import torch
+from torch import nn
+from reference.data import load_task
+from reference.training import evaluate
+torch.manual_seed(0)
+
+class RnnModel(nn.Module):            # the lecture's RNN slide
+    def __init__(self, input_size=1, hidden_size=16, num_classes=2):
+        super().__init__()
+        self.lstm = nn.LSTM(input_size, hidden_size, batch_first=True)
+        self.fc = nn.Linear(hidden_size, num_classes)
+
+    def forward(self, x):
+        out, _ = self.lstm(x)
+        return self.fc(out[:, -1, :])
+
+class Cnn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 4, 3)
+        self.fc = nn.Linear(4 * 28, 2)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x.transpose(1, 2))).flatten(1))
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(30, 2)
+
+    def forward(self, x):
+        if x.mean() > 0:
+            return self.fc(x.flatten(1))
+        return -self.fc(x.flatten(1))
+
+lstm_model = RnnModel()
+seq_model = nn.Sequential(nn.Flatten(), nn.Linear(20 * 12, 16), nn.ReLU(), nn.Linear(16, 2))
+cnn_model = Cnn()
+branchy = Branchy()
+af, gait = load_task("af"), load_task("gait_binary")
+opt = torch.optim.Adam(lstm_model.parameters(), lr=1e-2)
+X, y = torch.as_tensor(af.train.X[:2048]), torch.as_tensor(af.train.y[:2048])
+for _ in range(20):
+    opt.zero_grad()
+    nn.functional.cross_entropy(lstm_model(X), y).backward()
+    opt.step()
+reported_lstm = float(evaluate(lstm_model, af.test)["accuracy"])
+reported_seq = float(evaluate(seq_model, gait.test, by_subject=True)["subject_balanced_accuracy"])
+"""
+
+
+@pytest.fixture(scope="module")
+def any_run(tmp_path_factory, physionet):
+    tmp = tmp_path_factory.mktemp("any")
+    (tmp / "lab").mkdir()
+    (tmp / "lab" / "assignment.toml").write_text(ANY_TOML)
+    lab = load_assignment(tmp / "lab")
+    result, work, ev = _run_cells(tmp, lab, ANY_CELL,
+                                  cache=str(tmp_path_factory.getbasetemp() / "cache"))
+    return lab, result, work, ev
+
+
+def test_hand_written_modules_are_measured_from_their_onnx_export(any_run, physionet):
+    """The lecture's RnnModel (nn.LSTM + nn.Linear, trained) and an nn.Sequential MLP are
+    measured by the grader from their ONNX files, never from the group's code; the
+    grader's figures equal the notebook's own evaluation of the same weights."""
+    lab, result, work, ev = any_run
+    assert result.status == "ok", result.errors
+    assert set(ev["models"]["lstm_model"]) == {"onnx"} and set(ev["models"]["seq_model"]) == {"onnx"}
+    m = measure_models(work, lab, physionet, timeout=300)
+    lstm, seq = m["lstm_model|af|0"], m["seq_model|gait_binary|0"]
+    assert lstm["kinds"] == ["recurrent"] and "LSTM" in lstm["layers"], lstm
+    assert seq["kinds"] == ["mlp"], seq
+    # onnxruntime on the exported graph gives what torch gave on the module, as trained
+    assert abs(lstm["metrics"]["accuracy"] - ev["answers"]["reported_lstm"]) < 1e-3
+    assert abs(seq["metrics"]["subject_balanced_accuracy"] - ev["answers"]["reported_seq"]) < 1e-9
+    ev["measurements"] = m
+    key = {"questions": {q.id: {"full": 0.0, "zero": -1.0} for q in lab.questions
+                         if q.kind == "metric"}}
+    r = score(lab, ev, key)
+    assert r.question("lstm_acc").points == 2 and r.question("seq_acc").points == 2
+    cnn = r.question("cnn_as_rnn")
+    assert cnn.points == 0
+    assert cnn.feedback == ("No points: 'cnn_model' is convolutional (Conv, Gemm), but this "
+                            "question requires a recurrent model.")
+    branchy = r.question("branchy_acc")
+    assert branchy.points == 0
+    assert "an `if` or `while` on a tensor's value" in branchy.feedback
+    assert "torch.where" in branchy.feedback
+
+
+def test_a_tampered_export_is_refused_and_never_run(any_run, physionet, tmp_path):
+    """Export files changed after the notebook ran: a pickle in place of the ONNX file, an
+    ONNX file whose weights point at another file (the key), a pickle in place of the
+    weights: each is refused with its reason, and nothing in them runs."""
+    import shutil
+
+    import onnx
+
+    lab, result, work, ev = any_run
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    models = copy / MODELS_DIR
+    marker = tmp_path / "PWNED"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    import pickle
+    (models / "lstm_model.onnx").write_bytes(pickle.dumps(Payload()))
+    proto = onnx.load(str(models / "seq_model.onnx"))
+    secret = tmp_path / "key.json"
+    secret.write_bytes(b"\0" * 4096)
+    init = proto.graph.initializer[0]
+    init.ClearField("raw_data")
+    init.data_location = onnx.TensorProto.EXTERNAL
+    init.external_data.add(key="location", value=str(secret))
+    onnx.save(proto, str(models / "seq_model.onnx"))
+    m = measure_models(copy, lab, physionet, timeout=300)
+    assert "lstm_model.onnx is not a valid ONNX model" in m["lstm_model|af|0"]["error"]
+    assert "seq_model.onnx refers to external data" in m["seq_model|gait_binary|0"]["error"]
+    assert not marker.exists()
