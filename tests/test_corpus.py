@@ -189,7 +189,9 @@ def test_corpus_batch(tmp_path, small_data):
             assert measured[f"{name}_lab_07.ipynb"]["metrics"]["accuracy"] == honest, name
         assert "'accuracy': 1.0" in outputs_text(out / "executed" / "monkeypatch_lab_07.ipynb")  # it lied
         assert "not exported" in measured["notexportable_lab_07.ipynb"]["error"]
-        assert "not a model" in evidence["notexportable_lab_07.ipynb"]["models"]["model"]["error"]
+        assert "torch.onnx.export failed" in evidence["notexportable_lab_07.ipynb"]["models"]["model"]["error"]
+        for name in ("sequentialmlp", "hostileforward"):   # ONNX, onnxruntime: within float noise
+            assert abs(measured[f"{name}_lab_07.ipynb"]["metrics"]["accuracy"] - honest) < 1e-3, name
         assert "hidden=1000000000" in measured["forgedconfig_lab_07.ipynb"]["error"]
         assert "not exported" in measured["alwaysequal_lab_07.ipynb"]["error"]
 

