@@ -198,3 +198,60 @@ def _encoded(v):
     if isinstance(v, frozenset):
         return {"set": sorted(_encoded(x) for x in v)}
     return v
+
+
+MODEL_TOML = TOML + """
+[[question]]
+id = "seq_acc"
+points = 1
+kind = "metric"
+prompt = "p"
+model = "seq"
+task = "af"
+metric = "accuracy"
+[[question]]
+id = "branchy_acc"
+points = 1
+kind = "metric"
+prompt = "p"
+model = "branchy"
+task = "af"
+metric = "accuracy"
+[[question]]
+id = "rate"
+points = 1
+kind = "consistency"
+prompt = "p"
+answer = "rate"
+model = "seq"
+task = "af"
+metric = "accuracy"
+"""
+
+
+def test_check_says_whether_each_model_can_be_measured(tmp_path, physionet):
+    """#16: a Sequential is exported for the grader; a forward that branches on a tensor's
+    value is not, with the construct named; a rate given as a percent is flagged."""
+    (tmp_path / "assignment.toml").write_text(MODEL_TOML)
+    group = new_code_cell('GROUP = ["Ada Lovelace"]')
+    group.metadata["grader"] = {"group": True}
+    nb = new_notebook(cells=[group, new_code_cell("""
+import torch
+n, pick, shape, rate = 3, "A", (2, 3), 45.4
+seq = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(30, 2))
+class Branchy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(30, 2)
+    def forward(self, x):
+        return self.fc(x.flatten(1)) if x.sum() > 0 else -self.fc(x.flatten(1))
+branchy = Branchy()
+""")])
+    path = tmp_path / "lovelace_lab_03.ipynb"
+    nbformat.write(nb, path)
+    code, out = run_check(path, "--data-dir", physionet, "--sandbox", "none")
+    assert code == 1
+    flat = " ".join(out.replace("│", " ").split())   # the table wraps long details
+    assert "seq_acc (model seq)" in flat and "exported for the grader's measurement" in flat
+    assert "an `if` or `while` on a tensor's value" in flat and "torch.where" in flat
+    assert "45.4 looks like a percent (give 0.454)" in flat
