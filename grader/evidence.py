@@ -269,6 +269,22 @@ def module_tensors(torch, obj):
     return out
 
 
+def module_list(torch, obj):
+    """Every module of ``obj``'s tree, read from the ``_modules`` tables."""
+    mdict = torch.nn.Module.__dict__["__dict__"].__get__
+    out, seen, stack = [], set(), [obj]
+    while stack:
+        m = stack.pop()
+        if id(m) in seen or not issubclass(type(m), torch.nn.Module):
+            continue
+        seen.add(id(m))
+        out.append(m)
+        children = dict.get(mdict(m), "_modules")
+        if issubclass(type(children), dict):
+            stack += [c for c in dict.values(children) if c is not None]
+    return out
+
+
 def fingerprint(obj, tensors):
     # A tensor's _version grows with every in-place change (an optimizer step), so an
     # unchanged fingerprint means unchanged weights: no need to save them again.
@@ -316,9 +332,14 @@ def export_onnx(var, obj, shape, before):
         return before
     os.makedirs(MODELS_DIR, exist_ok=True)
     remove(os.path.join(MODELS_DIR, var + ".pt"), os.path.join(MODELS_DIR, var + ".json"))
-    Module = torch.nn.Module
-    training = dict.get(Module.__dict__["__dict__"].__get__(obj), "training", False)
-    Module.train(obj, False)
+    # eval mode for the trace (dropout off, batch norm on its running statistics), each
+    # module's own flag put back afterwards
+    mdict = torch.nn.Module.__dict__["__dict__"].__get__
+    modes = []
+    for m in module_list(torch, obj):
+        d = mdict(m)
+        modes.append((d, dict.get(d, "training", False)))
+        d["training"] = False
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -337,7 +358,8 @@ def export_onnx(var, obj, shape, before):
                 raise Refuse(tname(obj), "torch.onnx.export failed (%%s: %%s)"
                              %% (tname(exc), why[0][:300] if why else ""))
     finally:
-        Module.train(obj, bool(training))
+        for d, mode in modes:
+            d["training"] = mode
     torch_dir = os.path.dirname(torch.__file__) + os.sep
     for w in caught:
         # torch's own modules (nn.LSTM) check their inputs in Python: only the group's

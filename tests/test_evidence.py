@@ -865,3 +865,18 @@ def test_a_tampered_export_is_refused_and_never_run(any_run, physionet, tmp_path
     assert "lstm_model.onnx is not a valid ONNX model" in m["lstm_model|af|0"]["error"]
     assert "seq_model.onnx refers to external data" in m["seq_model|gait_binary|0"]["error"]
     assert not marker.exists()
+
+
+def test_export_leaves_each_modules_mode_as_it_was(tmp_path):
+    """The ONNX trace runs in eval mode; afterwards every submodule has its own flag back
+    (a group that froze one part in eval mode keeps it so)."""
+    lab = _stop_lab(tmp_path)
+    result, work, ev = _run_cells(tmp_path, lab, """
+import torch
+model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(30, 8), torch.nn.Dropout(0.5),
+                            torch.nn.Linear(8, 2))
+model.train()
+model[2].eval()
+""", "modes = [m.training for m in model.modules()]\nassert modes == [True, True, True, False, True], modes")
+    assert result.status == "ok", result.errors
+    assert set(ev["models"]["model"]) == {"onnx"}
