@@ -34,6 +34,8 @@ KINDS: dict[str, tuple[str, ...]] = {
     "text": ("cell",),
 }
 TASKS = ("af", "gait_binary", "gait_4class")
+#: Kinds of model a metric question may require (``requires``), told from the layers.
+MODEL_KINDS = ("recurrent", "convolutional", "mlp")
 METRICS = ("accuracy", "balanced_accuracy", "f1", "sensitivity", "specificity", "roc_auc",
            "subject_accuracy", "subject_balanced_accuracy")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -60,6 +62,8 @@ class Question:
     metric: str | None = None
     tolerance: dict[str, float] = field(default_factory=dict)  # floor: abs, rel
     reveal: bool = False
+    fraction: bool = False             # number: a rate in [0, 1] (a percent is refused)
+    requires: str | None = None        # metric, consistency: a kind of MODEL_KINDS
 
     @property
     def automatic(self) -> bool:
@@ -181,7 +185,7 @@ def _question(raw: dict, n: int, reveal_kinds: set[str], where: str) -> Question
         if raw.get(name) in (None, "", []):
             raise SpecError(f"{label}: kind {kind!r} needs field {name!r}")
     known = {"id", "kind", "points", "prompt", "exercise", "answer", "cell", "choices", "model",
-             "task", "fold", "metric", "tolerance", "reveal"}
+             "task", "fold", "metric", "tolerance", "reveal", "fraction", "requires"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise SpecError(f"{label}: unknown field {unknown[0]!r}")
@@ -201,6 +205,17 @@ def _question(raw: dict, n: int, reveal_kinds: set[str], where: str) -> Question
     choices = raw.get("choices", [])
     if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
         raise SpecError(f"{label}: field 'choices' must be a list of strings")
+    if not isinstance(raw.get("fraction", False), bool):
+        raise SpecError(f"{label}: field 'fraction' must be true or false")
+    if raw.get("fraction") and kind != "number":
+        raise SpecError(f"{label}: field 'fraction' is for kind 'number' (a consistency "
+                        f"question is always a rate)")
+    if raw.get("requires") is not None:
+        if kind not in ("metric", "consistency"):
+            raise SpecError(f"{label}: field 'requires' is for kinds 'metric' and 'consistency'")
+        if raw["requires"] not in MODEL_KINDS:
+            raise SpecError(f"{label}: field 'requires' is {raw['requires']!r}; choose one of "
+                            f"{', '.join(MODEL_KINDS)}")
     fold = raw.get("fold", 0)
     if not isinstance(fold, int) or fold < 0:
         raise SpecError(f"{label}: field 'fold' must be a whole number >= 0")
@@ -209,7 +224,8 @@ def _question(raw: dict, n: int, reveal_kinds: set[str], where: str) -> Question
         exercise=str(raw.get("exercise", "")), answer=raw.get("answer"), cell=raw.get("cell"),
         choices=tuple(choices), model=raw.get("model"), task=raw.get("task"), fold=fold,
         metric=raw.get("metric"), tolerance={k: float(v) for k, v in tol.items()},
-        reveal=bool(raw.get("reveal", kind in reveal_kinds)),
+        reveal=bool(raw.get("reveal", kind in reveal_kinds)), fraction=raw.get("fraction", False),
+        requires=raw.get("requires"),
     )
 
 

@@ -81,7 +81,7 @@ def run_reference(assignment: Assignment, seed: int, data_dir: Path, isolation, 
         result = execute_notebook(
             assignment.notebook_path, workdir=work, isolation=isolation, data_dir=data_dir,
             limits=assignment.limits.to_sandbox(), env=env, readonly=[cache],
-            epilogue=epilogue_code(assignment), threads=threads,
+            snapshot=epilogue_code(assignment), threads=threads,
             devices=nvidia_devices() if gpu is not None else ())
         if result.status != "ok":
             first = result.errors[0] if result.errors else None

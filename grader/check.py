@@ -182,7 +182,7 @@ def run_rows(path: Path, assignment: Assignment, data_dir, sandbox: str) -> list
         result = execute_notebook(
             path, workdir=work, isolation=resolve(sandbox), data_dir=data_dir,
             limits=lim.to_sandbox(), env={"GRADER_CACHE": str(cache)}, readonly=[cache],
-            epilogue=epilogue_code(assignment), threads=os.cpu_count() or 1)
+            snapshot=epilogue_code(assignment), threads=os.cpu_count() or 1)
         ev = collect(result, work, assignment)
     finally:
         shutil.rmtree(work, ignore_errors=True)

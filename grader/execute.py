@@ -66,6 +66,10 @@ TRUNCATION_NOTE = "[output truncated by grader"
 MAX_NOTEBOOK_BYTES = 100 * 1024 * 1024  # a bigger upload is not a lab notebook
 TRACEBACK_LINES = 25
 EPILOGUE_OUTPUT_CAP = 64 * 1024
+#: Seconds the grader's own code (the snapshot after a cell, the epilogue) may run in the
+#: kernel, beyond the notebook's time limit at most once: a snapshot that takes longer
+#: (a group's hook, a huge model) stops the notebook with status ``timeout``.
+COLLECT_ALLOWANCE = 15.0
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][A-Z0-9]")
 
@@ -103,7 +107,11 @@ class ExecutionResult:
     kernel was killed there), ``dead`` (the kernel died: ``os._exit``,
     segfault, out of memory, failed start), ``invalid`` (the file is not a
     readable notebook; ``message`` says why).  ``cell_seconds[i]`` is the
-    run time of cell ``i`` (``None``: not run).
+    run time of cell ``i`` (``None``: not run).  ``stopped_cell``: the cell
+    that stopped a ``timeout`` or ``dead`` run (``None``: the kernel never
+    started, or the run went to its end).  ``snapshot_cell``: the last cell
+    after which the ``snapshot`` code ran to its end (``None``: never);
+    ``snapshot_seconds`` the time all snapshots took.
     """
 
     notebook: NotebookNode
@@ -117,6 +125,9 @@ class ExecutionResult:
     epilogue_output: str = ""
     message: str | None = None
     truncated_cells: list[int] = field(default_factory=list)
+    stopped_cell: int | None = None
+    snapshot_cell: int | None = None
+    snapshot_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -641,7 +652,8 @@ async def start_kernel_async(
         isolation.grant(workdir, rt)
         kenv = kernel_env(workdir=workdir, runtime_dir=rt, data_dir=data_dir, threads=threads,
                           extra=env)
-        kernel.description = isolation.describe(limits, hidden, devices)
+        kernel.description = (isolation.describe(limits, hidden, devices)
+                              + f"; grader's collection: up to {COLLECT_ALLOWANCE:g} s after a cell")
         if kenv.get("CUDA_VISIBLE_DEVICES"):
             kernel.description += f"; CUDA_VISIBLE_DEVICES={kenv['CUDA_VISIBLE_DEVICES']}"
 
@@ -695,8 +707,9 @@ start_kernel.__signature__ = inspect.signature(start_kernel_async)  # type: igno
 class _Run:
     """One execution on a started kernel: connect, cells, epilogue, kill."""
 
-    def __init__(self, nb: NotebookNode, kernel: Kernel, epilogue: str | None):
-        self.nb, self.kernel, self.epilogue = nb, kernel, epilogue
+    def __init__(self, nb: NotebookNode, kernel: Kernel, epilogue: str | None,
+                 snapshot: str | None = None):
+        self.nb, self.kernel, self.epilogue, self.snapshot = nb, kernel, epilogue, snapshot
         self.workdir = kernel.workdir
         self.limits, self.isolation = kernel.limits, kernel.isolation
         self.client = GraderClient(
@@ -714,13 +727,19 @@ class _Run:
         self.epilogue_error: str | None = None
         self.epilogue_output = ""
         self.startup_seconds: float | None = None
+        self.stopped_cell: int | None = None
+        self.snapshot_cell: int | None = None
+        self.snapshot_seconds = 0.0
         self._limit_hit = ""
 
     def _timeout(self, cell: NotebookNode) -> float | None:
         """nbclient's per-cell timeout: the cell limit, or what is left of
         the notebook's time if less."""
         cell_limit = self.limits.cell_timeout or None
-        if self.in_epilogue or self.deadline is None:
+        if self.in_epilogue:
+            self._limit_hit = "collect"
+            return COLLECT_ALLOWANCE
+        if self.deadline is None:
             self._limit_hit = "cell"
             return cell_limit
         left = max(self.deadline - time.monotonic(), 0.01)
@@ -785,12 +804,40 @@ class _Run:
                 self.errors.append(CellError(
                     index, cell.get("execution_count"), content.get("ename", "Error"),
                     content.get("evalue", ""), traceback_tail(content.get("traceback", []))))
+            if self.snapshot and not await self._run_snapshot(index, cell, log_path):
+                return
+
+    async def _run_snapshot(self, index: int, cell: NotebookNode, log_path: Path) -> bool:
+        """Run the snapshot code after cell ``index``; False if it stopped the run.
+
+        What the grader keeps of a notebook that later dies or times out is the last
+        snapshot: the state after the last cell that finished, never a half-run cell's."""
+        started = time.monotonic()
+        error = await self._run_hidden(self.snapshot)
+        self.snapshot_seconds += time.monotonic() - started
+        if error is None:
+            self.snapshot_cell = index
+            return True
+        if error.startswith(("Timeout:", "DeadKernel:")):
+            stopped = error.split(":", 1)[0]
+            evalue = (f"the grader's collection after this cell did not finish within "
+                      f"{COLLECT_ALLOWANCE:g} s" if stopped == "Timeout" else
+                      "the kernel died while the grader collected the answers after this cell")
+            self.status = "timeout" if stopped == "Timeout" else "dead"
+            self.stopped_cell = index
+            cell.outputs.append(_error_output(stopped, evalue, ["[stopped by grader]"]))
+            self.errors.append(CellError(index, cell.get("execution_count"), stopped, evalue,
+                                         self._log_tail(log_path) if stopped == "DeadKernel" else ""))
+            self.epilogue_error = error
+            return False
+        self.epilogue_error = error
+        return True
 
     def _mark_timeout(self, index: int, cell: NotebookNode, which: str) -> None:
         self.status = "timeout"
+        self.stopped_cell = index
         if which == "notebook":
-            evalue = (f"the notebook did not finish within {self.limits.notebook_timeout:g} s; "
-                      f"stopped in this cell")
+            evalue = f"the notebook did not finish within {self.limits.notebook_timeout:g} s"
         else:
             evalue = f"the cell did not finish within {self.limits.cell_timeout:g} s"
         cell.outputs.append(_error_output("Timeout", evalue, ["[stopped by grader]"]))
@@ -798,6 +845,7 @@ class _Run:
 
     def _mark_dead(self, index: int, cell: NotebookNode, log_path: Path) -> None:
         self.status = "dead"
+        self.stopped_cell = index
         process = getattr(self.kernel.km.provisioner, "process", None)
         code = process.poll() if process is not None else None
         evalue = ("the kernel died while running this cell ("
@@ -807,27 +855,37 @@ class _Run:
         self.errors.append(CellError(index, cell.get("execution_count"), "DeadKernel", evalue, tail))
 
     async def _run_epilogue(self) -> None:
-        cell = nbformat.v4.new_code_cell(self.epilogue)
+        error = await self._run_hidden(self.epilogue)
+        if error is not None:
+            self.epilogue_error = error
+
+    async def _run_hidden(self, code: str) -> str | None:
+        """Run the grader's ``code`` in the kernel as a cell that is not the notebook's
+        (no history, outputs kept apart), within :data:`COLLECT_ALLOWANCE` seconds; the
+        error it gave (``Timeout: ...``, ``DeadKernel: ...``, ``<ename>: ...``) or None."""
+        cell = nbformat.v4.new_code_cell(code)
         self.nb.cells.append(cell)
         index = len(self.nb.cells) - 1
         self.in_epilogue = True
+        error = None
         try:
             await self.client.async_execute_cell(cell, index, execution_count=None,
                                                  store_history=False)
             content = (self.client.replies.pop(index, None) or {}).get("content", {})
             if content.get("status") == "error":
-                self.epilogue_error = (f"{content.get('ename')}: {content.get('evalue')}\n"
-                                       + traceback_tail(content.get("traceback", [])))
+                error = (f"{content.get('ename')}: {content.get('evalue')}\n"
+                         + traceback_tail(content.get("traceback", [])))
         except CellTimeoutError:
-            self.epilogue_error = f"Timeout: the epilogue did not finish within {self.limits.cell_timeout:g} s"
+            error = f"Timeout: the grader's code did not finish within {COLLECT_ALLOWANCE:g} s"
         except DeadKernelError:
-            self.epilogue_error = "DeadKernel: the kernel died during the epilogue"
+            error = "DeadKernel: the kernel died while the grader's code ran"
         finally:
             self.in_epilogue = False
             self.client.budget.discard(index)
             self.nb.cells.pop()
             text = "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream")
             self.epilogue_output = text[:EPILOGUE_OUTPUT_CAP]
+        return error
 
     async def _stop(self) -> None:
         """Close the client's channels, then kill the kernel."""
@@ -862,6 +920,7 @@ async def execute_notebook_async(
     readonly: Iterable[str | os.PathLike] = (),
     env: Mapping[str, str] | None = None,
     epilogue: str | None = None,
+    snapshot: str | None = None,
     kernel_name: str = "python3",
     threads: int = 1,
     devices: Iterable[str | os.PathLike] = (),
@@ -879,7 +938,13 @@ async def execute_notebook_async(
     built from scratch, see :func:`kernel_env`).  ``devices``: device nodes
     passed into the sandbox (GPUs).  ``epilogue``: code run in the same
     kernel after the cells, unless the kernel timed out or died; its failure
-    goes to ``epilogue_error``, not to ``errors``.  ``threads``:
+    goes to ``epilogue_error``, not to ``errors``.  ``snapshot``: code run in
+    the kernel after every cell that finished (raising or not), e.g. the
+    evidence export of :func:`grader.evidence.epilogue_code`; a cell that times
+    out or kills the kernel gets none, so what the last snapshot wrote is the
+    state after the last finished cell.  The epilogue and each snapshot have
+    :data:`COLLECT_ALLOWANCE` seconds; a snapshot that takes longer, or kills
+    the kernel, stops the run (``timeout``/``dead``).  ``threads``:
     OpenMP/MKL/torch threads of the kernel.
 
     ``kernel``: a kernel from :func:`start_kernel` (started ahead, while
@@ -928,7 +993,7 @@ async def execute_notebook_async(
             threads=threads, devices=devices)
         kernel.used = True
     try:
-        run = _Run(node, kernel, epilogue)
+        run = _Run(node, kernel, epilogue, snapshot)
         await run.run()
     finally:
         await kernel.shutdown_async()  # a no-op after the run's own stop
@@ -938,14 +1003,18 @@ async def execute_notebook_async(
         startup_seconds=None if run.startup_seconds is None else round(run.startup_seconds, 3),
         isolation=kernel.description, epilogue_error=run.epilogue_error,
         epilogue_output=run.epilogue_output, truncated_cells=run.truncated,
-        message=_message(run.status, run.errors),
+        message=_message(run.status, run.errors), stopped_cell=run.stopped_cell,
+        snapshot_cell=run.snapshot_cell, snapshot_seconds=round(run.snapshot_seconds, 3),
     )
 
 
 def _message(status: str, errors: list[CellError]) -> str | None:
     """One line for the grades list: why the run stopped, or which cells failed."""
     if status in ("dead", "timeout") and errors:
-        return errors[-1].evalue
+        last = errors[-1]
+        if last.cell_index is None:
+            return last.evalue
+        return f"stopped in cell {last.cell_index}: {last.evalue}"
     if status == "errors" and errors:
         first = errors[0]
         evalue = " ".join(first.evalue.split())

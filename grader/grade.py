@@ -114,14 +114,14 @@ def run_one(nb_path: Path, *, assignment: Assignment, limits: Limits, isolation,
                                             env=env, devices=devices)
         work = kernel.workdir
         result = execute_notebook(_sendable(nb_path), kernel=kernel,
-                                  epilogue=epilogue_code(assignment))
+                                  snapshot=epilogue_code(assignment))
         evidence = collect(result, work, assignment)
         if kernel.limits.disk and "No space left" in str(evidence.get("evidence_error")):
             evidence["message"] = (
                 f"its work dir was full (at most {format_size(kernel.limits.disk)} in all, "
                 "[limits] disk), so its answers could not be collected"
                 + (f"; {evidence['message']}" if evidence.get("message") else ""))
-        if result.status in ("ok", "errors") and assignment.measurements:
+        if assignment.measurements:  # a run that stopped early keeps the models it had made
             evidence["measurements"] = measure_models(
                 work, assignment, data_dir, isolation=isolation,
                 limits=assignment.limits.to_measure(), work_root=work_root)

@@ -13,7 +13,8 @@ in a subprocess with a minimal environment.  That process, for every
 4. loads the test split itself (:func:`reference.data.load_task`, once per task and fold)
    and evaluates on CPU (:func:`reference.training.evaluate`, ``by_subject`` for gait).
 
-Result: ``{"<var>|<task>|<fold>": {"metrics": {...}} | {"error": "..."}}``.  Bad input
+Result: ``{"<var>|<task>|<fold>": {"metrics": {...}, "kinds": [...], "layers": "..."} |
+{"error": "..."}}`` (``kinds``: :func:`model_kinds` of the rebuilt network).  Bad input
 never raises: every problem becomes an ``error`` entry.
 
 Example::
@@ -73,7 +74,7 @@ def measure_models(workdir: str | os.PathLike, assignment, data_dir: str | os.Pa
         return {}
     # No model exported at all: say so without paying for a Python that imports torch.
     folder = Path(workdir) / MODELS_DIR
-    if not any(os.path.lexists(folder / f"{m[0]}.json") for m in items):
+    if not any(os.path.lexists(folder / f"{m[0]}.{ext}") for m in items for ext in ("json", "onnx")):
         return {k: {"error": f"the model {m[0]!r} was not exported (no {MODELS_DIR}/{m[0]}.json)"}
                 for k, m in zip(keys, items)}
     if limits is None:
@@ -216,12 +217,120 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def model_kinds(model) -> tuple[list[str], str]:
+    """The kinds of ``model`` (see :data:`grader.assignment.MODEL_KINDS`) and its layer
+    types, told from the modules of the network the grader built: recurrent if it has an
+    RNN/LSTM/GRU layer, convolutional if it has a convolution, mlp if it has neither."""
+    from torch import nn
+
+    layers = [m for m in model.modules() if not list(m.children())]
+    kinds = []
+    if any(isinstance(m, nn.RNNBase) for m in layers):
+        kinds.append("recurrent")
+    if any(isinstance(m, nn.modules.conv._ConvNd) for m in layers):
+        kinds.append("convolutional")
+    if not kinds and any(isinstance(m, nn.Linear) for m in layers):
+        kinds.append("mlp")
+    names = list(dict.fromkeys(type(m).__name__ for m in layers
+                               if isinstance(m, (nn.RNNBase, nn.modules.conv._ConvNd, nn.Linear))))
+    return kinds, ", ".join(names)
+
+
+#: ONNX operators that make a model recurrent, convolutional, or an MLP's layers.
+ONNX_KINDS = {"LSTM": "recurrent", "GRU": "recurrent", "RNN": "recurrent",
+              "Conv": "convolutional", "ConvTranspose": "convolutional"}
+ONNX_LINEAR = ("Gemm", "MatMul")
+
+
+def onnx_kinds(ops) -> tuple[list[str], str]:
+    """:func:`model_kinds` of an exported graph, from its operator types."""
+    ops = list(dict.fromkeys(ops))
+    kinds = [k for k in ("recurrent", "convolutional")
+             if any(ONNX_KINDS.get(op) == k for op in ops)]
+    if not kinds and any(op in ONNX_LINEAR for op in ops):
+        kinds.append("mlp")
+    return kinds, ", ".join(op for op in ops if op in ONNX_KINDS or op in ONNX_LINEAR)
+
+
+def _onnx_ops(graph) -> list[str]:
+    ops = []
+    for node in graph.node:
+        ops.append(node.op_type)
+        for attr in node.attribute:          # If/Loop/Scan bodies
+            for g in [attr.g] * attr.HasField("g") + list(attr.graphs):
+                ops += _onnx_ops(g)
+    return ops
+
+
+def load_onnx(path: Path, var: str, data, threads: int = 1):
+    """The exported graph of ``var`` as a callable torch module run by onnxruntime, and
+    its operators; MeasureError when it is not a plain, self-contained ONNX model for
+    ``data``'s input."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise MeasureError(f"the model file {path.name} is not a valid ONNX model "
+                           f"({type(exc).__name__})") from None
+    # Weights stored in other files would make onnxruntime read paths a group chose.
+    tensors = list(proto.graph.initializer) + [a.t for n in proto.graph.node
+                                                for a in n.attribute if a.HasField("t")]
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors):
+        raise MeasureError(f"the model file {path.name} refers to external data")
+    domains = {n.domain for n in proto.graph.node} - {"", "ai.onnx"}
+    if domains or proto.functions:
+        raise MeasureError(f"the model file {path.name} uses custom operators "
+                           f"({', '.join(sorted(domains)) or 'local functions'})")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    try:
+        sess = ort.InferenceSession(proto.SerializeToString(), opts,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise MeasureError(f"onnxruntime cannot run {path.name} ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    inputs = sess.get_inputs()
+    if len(inputs) != 1:
+        raise MeasureError(f"the model takes {len(inputs)} inputs, not one batch of windows")
+    name = inputs[0].name
+
+    class OnnxModel(torch.nn.Module):
+        def forward(self, x):
+            y = sess.run(None, {name: x.detach().cpu().numpy().astype(np.float32)})[0]
+            y = np.asarray(y, dtype=np.float32)
+            if y.ndim != 2 or y.shape != (x.shape[0], data.n_classes):
+                raise MeasureError(f"the model gives outputs of shape {tuple(y.shape)} for "
+                                   f"{x.shape[0]} windows; the task {data.task!r} needs "
+                                   f"({x.shape[0]}, {data.n_classes}): one score per class")
+            return torch.from_numpy(y)
+
+    return OnnxModel(), _onnx_ops(proto.graph)
+
+
 def measure_one(workdir: Path, var: str, task: str, fold: int, data) -> dict:
     import torch
     from reference.models import from_config
     from reference.training import evaluate
 
     folder = workdir / MODELS_DIR
+    if os.path.lexists(folder / f"{var}.onnx"):
+        path = _read_regular(folder / f"{var}.onnx", workdir, MAX_STATE_BYTES, "model")
+        model, ops = load_onnx(path, var, data, threads=torch.get_num_threads())
+        try:
+            metrics = evaluate(model, data.test, data.n_classes, by_subject=task != "af",
+                               device="cpu")
+        except MeasureError:
+            raise
+        except Exception as exc:
+            raise MeasureError(f"running the exported model failed ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+        kinds, layers = onnx_kinds(ops)
+        return {"metrics": _jsonable(metrics), "kinds": kinds, "layers": layers}
     cfg_path = _read_regular(folder / f"{var}.json", workdir, MAX_CONFIG_BYTES, "config")
     try:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
@@ -259,7 +368,8 @@ def measure_one(workdir: Path, var: str, task: str, fold: int, data) -> dict:
     with torch.no_grad():
         metrics = evaluate(model, data.test, data.n_classes, by_subject=task != "af",
                            device="cpu")
-    return {"metrics": _jsonable(metrics)}
+    kinds, layers = model_kinds(model)
+    return {"metrics": _jsonable(metrics), "kinds": kinds, "layers": layers}
 
 
 def run_request(request: dict) -> dict:

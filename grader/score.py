@@ -24,7 +24,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-from .evidence import Refused, decode_value
+from .evidence import Refused, decode_value, stopped_note
 from .measure import measurement_key
 
 #: The feedback of a text answer that awaits the instructor's mark (reports show it as pending).
@@ -107,9 +107,10 @@ def _is_number(v: Any) -> bool:
 
 
 def _as_int(v: Any) -> int | None:
-    """``v`` as a whole number (15 or 15.0), else None (bools are not numbers)."""
+    """``v`` as a whole number (15, 15.0, or True/False as 1/0: a perceptron's
+    ``z >= 0``), else None."""
     if isinstance(v, bool):
-        return None
+        return int(v)
     if isinstance(v, int):
         return v
     if isinstance(v, float) and math.isfinite(v) and v.is_integer():
@@ -143,6 +144,12 @@ def form_problem(q, a: Any) -> str | None:
         return f"expected a whole number, got {_type_word(a)}."
     if q.kind in ("number", "consistency") and not _is_number(a):
         return f"expected a number, got {_type_word(a)}."
+    if (q.kind == "consistency" or getattr(q, "fraction", False)) and math.isfinite(a) \
+            and not 0.0 <= a <= 1.0:
+        if 1.0 < a <= 100.0:
+            return (f"expected a fraction between 0 and 1; {display(a)} looks like a percent "
+                    f"(give {display(a / 100)}).")
+        return f"expected a fraction between 0 and 1, got {display(a)}."
     if q.kind == "tuple":
         if not isinstance(a, (tuple, list)):
             return f"expected a tuple of whole numbers, got {_type_word(a)}."
@@ -224,6 +231,14 @@ def _measured(q, evidence) -> tuple[float | None, str | None]:
         return None, export_error or f"the grader has no measurement of {q.model!r}"
     if "error" in entry:
         return None, str(export_error or entry["error"])
+    requires = getattr(q, "requires", None)
+    if requires:
+        kinds = entry.get("kinds")   # absent in measurements of graders before `requires`
+        if isinstance(kinds, list) and requires not in kinds:
+            found = " and ".join(str(k) for k in kinds) or "of no known kind"
+            layers = f" ({entry['layers']})" if isinstance(entry.get("layers"), str) and entry["layers"] else ""
+            return None, (f"{q.model!r} is {found}{layers}, but this question requires a "
+                          f"{requires} model")
     value = (entry.get("metrics") or {}).get(q.metric)
     if not _is_number(value) or not math.isfinite(value):
         return None, f"the metric {q.metric!r} could not be computed for {q.model!r}"
@@ -232,6 +247,8 @@ def _measured(q, evidence) -> tuple[float | None, str | None]:
 
 def _metric(q, evidence, entry):
     value, why = _measured(q, evidence)
+    if value is None and why.startswith("not reached"):
+        return 0.0, "missing", f"{why[0].upper()}{why[1:]}.", None
     if value is None:
         return 0.0, "wrong", f"No points: {why}.", None
     full, zero = float(entry["full"]), float(entry["zero"])
@@ -294,7 +311,9 @@ def _one(q, evidence: Mapping, entries: Mapping) -> QuestionScore:
     answers = evidence.get("answers") or {}
     raw = answers.get(q.answer, _MISSING)
     if raw is _MISSING:
-        return make(0, "missing", "No answer found.", None, expected)
+        note = stopped_note(evidence)
+        return make(0, "missing", f"{note[0].upper()}{note[1:]}." if note else "No answer found.",
+                    None, expected)
     try:
         a = decode_value(raw)
     except Exception:  # evidence not validated by collect(): treat as unreadable

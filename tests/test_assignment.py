@@ -18,6 +18,9 @@ def test_lab01_spec_covers_every_kind_and_twenty_questions():
     assert {q.kind for q in lab.questions} == set(KINDS)
     assert lab.max_points == sum(q.points for q in lab.questions)
     assert ("cnn_af", "af", 0) in lab.measurements
+    # every metric question says which kind of model it measures (#16)
+    assert {q.model: q.requires for q in lab.questions if q.kind == "metric"} == {
+        "cnn_af": "convolutional", "rnn_af": "recurrent", "gait_model": "convolutional"}
     assert lab.limits.cell_timeout >= 600  # long enough for training on a laptop
 
 
@@ -37,6 +40,10 @@ def _spec_with(tmp_path, text: str) -> Path:
     ('id = "q1"\npoints = 1\nkind = "integer"\nprompt = "p"\nanswer = "x"\ncolour = 3', "question 'q1': unknown field 'colour'"),
     ('id = "q 1"\npoints = 1\nkind = "integer"\nprompt = "p"\nanswer = "x"', "question 'q 1': field 'id'"),
     ('id = "q1"\npoints = 1\nkind = "number"\nprompt = "p"\nanswer = "x"\ntolerance = { abs = -1 }', "question 'q1': field 'tolerance'"),
+    ('id = "q1"\npoints = 1\nkind = "metric"\nprompt = "p"\nmodel = "m"\ntask = "af"\nmetric = "accuracy"\nrequires = "transformer"', "question 'q1': field 'requires' is 'transformer'; choose one of recurrent, convolutional, mlp"),
+    ('id = "q1"\npoints = 1\nkind = "integer"\nprompt = "p"\nanswer = "x"\nrequires = "mlp"', "question 'q1': field 'requires' is for kinds"),
+    ('id = "q1"\npoints = 1\nkind = "integer"\nprompt = "p"\nanswer = "x"\nfraction = true', "question 'q1': field 'fraction' is for kind 'number'"),
+    ('id = "q1"\npoints = 1\nkind = "number"\nprompt = "p"\nanswer = "x"\nfraction = "yes"', "question 'q1': field 'fraction' must be true or false"),
 ])
 def test_invalid_question_is_refused_naming_question_and_field(tmp_path, question, message):
     folder = _spec_with(tmp_path, "[[question]]\n" + question + "\n")

@@ -157,7 +157,8 @@ def test_running_check_reports_form_of_each_answer(tmp_path, physionet):
 
 
 @pytest.mark.parametrize("kind, value, ok", [
-    ("integer", 4130, True), ("integer", True, False), ("integer", 15.0, True),
+    ("integer", 4130, True), ("integer", True, True), ("integer", 15.0, True),
+    ("consistency", 45.4, False), ("consistency", 0.454, True),
     ("number", float("nan"), False), ("number", 0.45, True), ("number", "0.45", False),
     ("consistency", 1.5, False), ("tuple", (8, 30, 64), True), ("tuple", (8.0, 30), True),
     ("tuple", (8.5, 30), False), ("choice", "ReLU ", True), ("choice", 1, False),
@@ -173,14 +174,17 @@ def test_answer_form(kind, value, ok):
     ("integer", 15.0), ("integer", 3.5), ("integer", True), ("tuple", (8.0, 30)),
     ("tuple", (8.5, 30)), ("tuple", "8, 30"), ("choice", 1), ("choice", "softmax"),
     ("choice", " Tanh"), ("multi", frozenset()), ("multi", (1, 2)), ("multi", "tanh"),
-    ("number", "0.45"), ("number", 0.45),
+    ("number", "0.45"), ("number", 0.45), ("fraction", 45.4), ("fraction", 0.45),
+    ("consistency", 45.4),
 ])
 def test_check_refuses_the_forms_scoring_refuses(kind, value):
     """For these forms, what `grader check` calls a wrong form is what scoring marks
     "invalid" (0 points), and the other way round: a student is never told a form is fine
     that then scores 0 as invalid, nor warned about a form that the grader compares."""
-    q = Question("q", 1, kind, "p", answer="q", choices=("sigmoid", "tanh", "relu"))
-    expected = {"integer": 15, "tuple": [8, 30], "choice": "tanh", "multi": ["tanh"],
+    q = Question("q", 1, "number" if kind == "fraction" else kind, "p", answer="q",
+                 choices=("sigmoid", "tanh", "relu"), fraction=kind == "fraction",
+                 model="m", task="af", metric="accuracy")
+    expected = {"fraction": 0.45, "consistency": 0.45, "integer": 15, "tuple": [8, 30], "choice": "tanh", "multi": ["tanh"],
                 "number": 0.45}[kind]
     verdict = score(SimpleNamespace(questions=[q]), {"answers": {"q": _encoded(value)}},
                     {"questions": {"q": {"expected": expected}}}).questions[0].verdict
@@ -194,3 +198,60 @@ def _encoded(v):
     if isinstance(v, frozenset):
         return {"set": sorted(_encoded(x) for x in v)}
     return v
+
+
+MODEL_TOML = TOML + """
+[[question]]
+id = "seq_acc"
+points = 1
+kind = "metric"
+prompt = "p"
+model = "seq"
+task = "af"
+metric = "accuracy"
+[[question]]
+id = "branchy_acc"
+points = 1
+kind = "metric"
+prompt = "p"
+model = "branchy"
+task = "af"
+metric = "accuracy"
+[[question]]
+id = "rate"
+points = 1
+kind = "consistency"
+prompt = "p"
+answer = "rate"
+model = "seq"
+task = "af"
+metric = "accuracy"
+"""
+
+
+def test_check_says_whether_each_model_can_be_measured(tmp_path, physionet):
+    """#16: a Sequential is exported for the grader; a forward that branches on a tensor's
+    value is not, with the construct named; a rate given as a percent is flagged."""
+    (tmp_path / "assignment.toml").write_text(MODEL_TOML)
+    group = new_code_cell('GROUP = ["Ada Lovelace"]')
+    group.metadata["grader"] = {"group": True}
+    nb = new_notebook(cells=[group, new_code_cell("""
+import torch
+n, pick, shape, rate = 3, "A", (2, 3), 45.4
+seq = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(30, 2))
+class Branchy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(30, 2)
+    def forward(self, x):
+        return self.fc(x.flatten(1)) if x.sum() > 0 else -self.fc(x.flatten(1))
+branchy = Branchy()
+""")])
+    path = tmp_path / "lovelace_lab_03.ipynb"
+    nbformat.write(nb, path)
+    code, out = run_check(path, "--data-dir", physionet, "--sandbox", "none")
+    assert code == 1
+    flat = " ".join(out.replace("│", " ").split())   # the table wraps long details
+    assert "seq_acc (model seq)" in flat and "exported for the grader's measurement" in flat
+    assert "an `if` or `while` on a tensor's value" in flat and "torch.where" in flat
+    assert "45.4 looks like a percent (give 0.454)" in flat

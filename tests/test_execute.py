@@ -465,3 +465,43 @@ def test_unknown_kernel_name_is_the_graders_bug(tmp_path):
     with pytest.raises(NoSuchKernel):
         execute_notebook(nb_of("1"), workdir=tmp_path / "w", isolation=resolve("none"),
                          kernel_name="no-such-kernel")
+
+
+# ---------------------------------------------------------------- snapshots after each cell
+
+SNAP = "import json\njson.dump(sorted(k for k in globals() if k.startswith('v')), open('snap.json', 'w'))"
+
+
+def test_snapshot_after_each_finished_cell_not_after_the_stopping_one(tmp_path):
+    """The state kept is the one after the last cell that finished: a cell that dies
+    halfway (after setting v3) leaves no trace in the snapshot."""
+    r = run(tmp_path, "v1 = 1", "v2 = 2\n1 / 0", "v3 = 3\nimport os\nos._exit(1)", "v4 = 4",
+            snapshot=SNAP)
+    assert r.status == "dead"
+    assert r.stopped_cell == 2 and r.snapshot_cell == 1
+    assert json.loads((tmp_path / "work" / "snap.json").read_text()) == ["v1", "v2"]
+    assert r.message.startswith("stopped in cell 2: the kernel died")
+    assert len(r.notebook.cells) == 4  # the snapshots are not part of the notebook
+
+
+def test_snapshot_after_the_last_cell_of_a_timeout(tmp_path):
+    r = run(tmp_path, "v1 = 1", "v2 = 2\nimport time\ntime.sleep(60)",
+            limits=Limits(cell_timeout=2, notebook_timeout=60), snapshot=SNAP)
+    assert r.status == "timeout" and r.stopped_cell == 1 and r.snapshot_cell == 0
+    assert json.loads((tmp_path / "work" / "snap.json").read_text()) == ["v1"]
+    assert r.message == "stopped in cell 1: the cell did not finish within 2 s"
+
+
+def test_a_slow_snapshot_is_cut_at_the_allowance(tmp_path, monkeypatch):
+    """The grader's collection has a small fixed allowance, whatever the cell limit: a
+    group that makes it slow (here by replacing json.dump, which it calls) stops there."""
+    import grader.execute as ex
+
+    monkeypatch.setattr(ex, "COLLECT_ALLOWANCE", 2.0)
+    t0 = time.monotonic()
+    r = run(tmp_path, "v1 = 1", "import json, time\njson.dump = lambda *a, **k: time.sleep(600)",
+            "v3 = 3", limits=Limits(cell_timeout=300, notebook_timeout=600), snapshot=SNAP)
+    assert time.monotonic() - t0 < 15
+    assert r.status == "timeout" and r.stopped_cell == 1 and r.snapshot_cell == 0
+    assert "collection after this cell did not finish within 2 s" in r.message
+    assert r.cell_seconds[2] is None

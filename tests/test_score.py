@@ -37,7 +37,7 @@ def one(question, answer=..., key_entry=None, evidence=None, manual=None):
 # ---------------------------------------------------------------- integer
 
 @pytest.mark.parametrize("answer, verdict", [
-    (15, "correct"), (15.0, "correct"), (16, "wrong"), (15.5, "invalid"), (True, "invalid"),
+    (15, "correct"), (15.0, "correct"), (16, "wrong"), (15.5, "invalid"), (True, "wrong"),
     ("15", "invalid"), ({"float": "nan"}, "invalid"), ({"float": "inf"}, "invalid"),
     ({"tuple": [15]}, "invalid"), (None, "invalid"),
 ])
@@ -47,8 +47,33 @@ def test_integer(answer, verdict):
     assert s.points == (2.0 if verdict == "correct" else 0.0)
 
 
-def test_bool_is_not_one():
-    assert one(Q("n", "integer"), True, {"expected": 1}).verdict == "invalid"
+def test_bool_is_zero_or_one():
+    """A perceptron that returns `z >= 0` gives booleans where 0/1 is asked: accepted."""
+    assert one(Q("n", "integer"), True, {"expected": 1}).verdict == "correct"
+    assert one(Q("n", "integer"), False, {"expected": 1}).verdict == "wrong"
+    bools = {"tuple": [False, False, False, True]}
+    assert one(Q("t", "tuple"), bools, {"expected": [0, 0, 0, 1]}).verdict == "correct"
+    assert one(Q("t", "tuple"), [False, True, True, True], {"expected": [0, 0, 0, 1]}).verdict == "wrong"
+
+
+@pytest.mark.parametrize("kind, answer, verdict, says", [
+    ("fraction", 0.454, "correct", "Correct"),
+    ("fraction", 45.4, "invalid", "45.4 looks like a percent (give 0.454)"),
+    ("fraction", -0.2, "invalid", "expected a fraction between 0 and 1, got -0.2"),
+    ("fraction", 1.0, "wrong", "Not within"),
+    ("number", 45.4, "wrong", "Not within"),            # no `fraction`: any number is a number
+    ("consistency", 91.0, "invalid", "91 looks like a percent (give 0.91)"),
+    ("consistency", 0.91, "correct", "consistent"),
+])
+def test_a_percent_where_a_fraction_is_asked_is_refused(kind, answer, verdict, says):
+    if kind == "consistency":
+        s = one(Q("c", "consistency"), answer, evidence={"measurements": {"m|af|0": {
+            "metrics": {"accuracy": 0.91}}}})
+    else:
+        s = one(Q("f", "number", fraction=kind == "fraction", tolerance={"abs": 0.001}), answer,
+                {"expected": 0.454})
+    assert s.verdict == verdict and says in s.feedback, s
+    assert s.points == (2.0 if verdict == "correct" else 0.0)
 
 
 def test_missing_answer():
@@ -99,7 +124,7 @@ def test_number_exact_without_tolerance():
     ({"tuple": [8, 30, 64]}, "correct"), ([8, 30, 64], "correct"),
     ({"tuple": [8.0, 30, 64]}, "correct"), ({"tuple": [8, 64, 30]}, "wrong"),
     ({"tuple": [8, 30]}, "wrong"), ({"tuple": [8, 30, 64, 1]}, "wrong"),
-    ({"tuple": [True, 30, 64]}, "invalid"), ({"tuple": ["8", 30, 64]}, "invalid"),
+    ({"tuple": [True, 30, 64]}, "wrong"), ({"tuple": ["8", 30, 64]}, "invalid"),
     (64, "invalid"), ({"set": [8, 30, 64]}, "invalid"),
 ])
 def test_tuple(answer, verdict):
@@ -205,7 +230,7 @@ def test_malformed_key_entry_is_ungraded():
 # ---------------------------------------------------------------- consistency
 
 @pytest.mark.parametrize("reported, verdict", [
-    (0.912, "correct"), (0.916, "correct"), (0.92, "wrong"), (91.2, "wrong"),
+    (0.912, "correct"), (0.916, "correct"), (0.92, "wrong"), (91.2, "invalid"),
     ({"float": "nan"}, "wrong"), (True, "invalid"), ("0.912", "invalid"),
 ])
 def test_consistency(reported, verdict):

@@ -234,20 +234,20 @@ def no_group(ctx):
 
 # ---------------------------------------------------------------- runaway code
 
-@case("timeout", 0, says=("did not finish within 10 s",))
+@case("timeout", 2, says=("stopped in cell 2", "did not finish within 10 s"))
 def infinite_loop(ctx):
-    """`while True: pass` after the answer: killed at the 10 s cell limit; a notebook
-    that did not finish is not credited (no evidence is exported)."""
+    """`while True: pass` after the answer: killed at the 10 s cell limit; the answer
+    set before counts, `ratio` (after the loop) is not reached."""
     return nb("infiniteloop", "answer = 42", "while True:\n    pass", "ratio = 0.25")
 
 
-@case("timeout", 0, says=("did not finish within 10 s",))
+@case("timeout", 2, says=("did not finish within 10 s",))
 def sleep_forever(ctx):
     """`time.sleep(10**6)`: killed at the cell limit."""
     return nb("sleepforever", "answer = 42", "import time\ntime.sleep(10**6)")
 
 
-@case("timeout", 0, says=("did not finish within 10 s",))
+@case("timeout", 2, says=("did not finish within 10 s",))
 def unkillable(ctx):
     """Ignores SIGINT and SIGTERM, then spins: the grader kills with SIGKILL anyway."""
     return nb("unkillable", "answer = 42", """
@@ -258,7 +258,7 @@ def unkillable(ctx):
             pass""")
 
 
-@case("timeout", 0, says=("notebook did not finish within 30 s",))
+@case("timeout", 2, says=("notebook did not finish within 30 s",))
 def slow_cells(ctx):
     """Four honest-looking cells of 9 s each: every cell is within its limit, the whole
     notebook is not (30 s)."""
@@ -308,16 +308,38 @@ def daemon(ctx):
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)""", "answer = 42")
 
 
-@case("dead", 0, says=("kernel died",))
+@case("dead", 2, says=("stopped in cell 2", "kernel died"))
 def exit_one(ctx):
-    """`os._exit(1)`: the kernel dies; status dead, 0."""
+    """`os._exit(1)` after the answer: the kernel dies; status dead, the answer counts."""
     return nb("exitone", "answer = 42", "import os\nos._exit(1)")
 
 
-@case("dead", 0, says=("kernel died", "SIGSEGV"))
+@case("dead", 2, says=("kernel died", "SIGSEGV"))
 def segfault(ctx):
     """Reads address 0 through ctypes: SIGSEGV, status dead."""
     return nb("segfault", "answer = 42", "import ctypes\nctypes.string_at(0)")
+
+
+@case("dead", 3, says=("stopped in cell 4", "kernel died"), model=True)
+def crash_after_two(ctx):
+    """Two answers and the model, then a cell that changes the answer and the model's
+    weights and dies: graded as after the cell before (3 points and the honest model's
+    accuracy, as agood); the status stays dead and names the cell."""
+    return nb("crashaftertwo", "answer = 42", "ratio = 0.25", HONEST_MODEL, """
+        import os, torch
+        answer = 0
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        os._exit(1)""")
+
+
+@case("timeout", 3, says=("stopped in cell 3", "did not finish within 10 s"))
+def hang_after_two(ctx):
+    """Two answers, then a cell that never ends before the model is made: 3 points, the
+    metric question not reached."""
+    return nb("hangaftertwo", "answer = 42", "ratio = 0.25", "while True:\n    pass",
+              HONEST_MODEL)
 
 
 @case("ok", 3, says=(), flags=())
@@ -515,10 +537,47 @@ def model_in_train_mode_with_hooks(ctx):
 
 @case("ok", 3, says=("model 'model' not exported", "Linear"))
 def not_exportable(ctx):
-    """`model` is a plain `nn.Linear` with no config: cannot be exported; the metric
-    question gets 0 with a message, the rest is graded."""
+    """`model` is a plain `nn.Linear(30, 2)`: it cannot take the task's (batch, 30, 1)
+    windows, so the ONNX export fails; the metric question gets 0 with the reason, the
+    rest is graded."""
     return nb("notexportable", "answer = 42\nratio = 0.25",
               "import torch\nmodel = torch.nn.Linear(30, 2)")
+
+
+@case("ok", 3, model=True)
+def sequential_mlp(ctx):
+    """The honest MLP's layers in a plain `nn.Sequential` (no build_model config): exported
+    as ONNX in the kernel, measured by the grader with onnxruntime: the honest accuracy."""
+    return nb("sequentialmlp", "answer = 42\nratio = 0.25", HONEST_MODEL,
+              "model = torch.nn.Sequential(*model.net)")
+
+
+@case("ok", 3, model=True)
+def hostile_forward(ctx):
+    """A hand-written module whose forward, run by the ONNX export in the kernel, connects
+    to the test's listener and writes into the lab, the uploads, the output and the
+    repository: it runs inside the sandbox only (nothing reaches them), and the model is
+    measured as the honest one it wraps."""
+    targets = [str(t) for t in (ctx.lab, ctx.subs, ctx.out, ctx.repo, ctx.lab.parent)]
+    return nb("hostileforward", "answer = 42\nratio = 0.25", HONEST_MODEL, f"""
+        import os, socket
+        class Sneaky(torch.nn.Module):
+            def __init__(self, net):
+                super().__init__()
+                self.net = net
+            def forward(self, x):
+                try:
+                    socket.create_connection(("127.0.0.1", {ctx.port}), timeout=1).sendall(b"LEAK")
+                except OSError:
+                    pass
+                for d in {targets!r}:
+                    try:
+                        with open(os.path.join(d, "PWNED-by-writeoutside"), "w") as f:
+                            f.write("pwned at export")
+                    except OSError:
+                        pass
+                return self.net(x)
+        model = Sneaky(model.net)""")
 
 
 @case("ok", 3)
