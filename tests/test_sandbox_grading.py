@@ -287,10 +287,11 @@ def test_grading_as_an_ordinary_user_with_bubblewrap(tiny_lab, tmp_path, physion
     # folders alone there, as they would be in a real user's own install.
     import grader as grader_pkg
     import reference
+    import reports
 
     needed = sorted({os.path.realpath(p) for p in (
         sys.base_prefix, sys.prefix, Path(grader_pkg.__file__).parent,
-        Path(reference.__file__).parent, physionet)})
+        Path(reference.__file__).parent, Path(reports.__file__).parent, physionet)})
     blocked = {p: _first_closed_ancestor(p, uid) for p in needed}
     blocked = {p: a for p, a in blocked.items() if a is not None}
     tops = sorted({a for a in blocked.values()
@@ -315,3 +316,4 @@ def test_grading_as_an_ordinary_user_with_bubblewrap(tiny_lab, tmp_path, physion
     printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert printed.split() == ["key:", "FileNotFoundError", "uid", str(uid)], printed
     assert os.stat(out / "grades.csv").st_uid == uid
+    assert (out / "feedback" / "spy_lab_07.pdf").exists() or list((out / "feedback").glob("*.pdf"))
