@@ -360,6 +360,14 @@ def export_onnx(var, obj, shape, before):
     finally:
         for d, mode in modes:
             d["training"] = mode
+    # A forward that trains while it is traced would hand in weights made after the
+    # notebook's time: the weights must be those the snapshot saw.
+    with no_torch_overrides(torch):
+        after = ["onnx", shape] + fingerprint(obj, module_tensors(torch, obj))
+    if after != fp:
+        remove(path)
+        raise Refuse(tname(obj), "its forward changed the model's weights while the grader "
+                     "exported it; a forward must only compute the output")
     torch_dir = os.path.dirname(torch.__file__) + os.sep
     for w in caught:
         # torch's own modules (nn.LSTM) check their inputs in Python: only the group's

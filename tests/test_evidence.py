@@ -880,3 +880,28 @@ model[2].eval()
 """, "modes = [m.training for m in model.modules()]\nassert modes == [True, True, True, False, True], modes")
     assert result.status == "ok", result.errors
     assert set(ev["models"]["model"]) == {"onnx"}
+
+
+def test_a_forward_that_trains_during_the_export_is_refused(tmp_path):
+    """#27: the export runs a hand-written forward; one that changes the weights then
+    (training past the notebook's time) is refused, and no export file is left."""
+    lab = _stop_lab(tmp_path)
+    result, work, ev = _run_cells(tmp_path, lab, """
+import torch
+class Sneaky(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(30, 2)
+        self.calls = 0
+    def forward(self, x):
+        self.calls += 1
+        if self.calls > 1:            # the notebook's own call is honest
+            with torch.no_grad():
+                self.fc.weight.add_(1.0)
+        return self.fc(x.flatten(1))
+model = Sneaky()
+model(torch.zeros(1, 30, 1))
+""")
+    assert result.status == "ok", result.errors
+    assert "its forward changed the model's weights" in ev["models"]["model"]["error"]
+    assert not (work / MODELS_DIR / "model.onnx").exists()
