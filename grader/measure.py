@@ -281,6 +281,11 @@ def load_onnx(path: Path, var: str, data, threads: int = 1):
                                                 for a in n.attribute if a.HasField("t")]
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors):
         raise MeasureError(f"the model file {path.name} refers to external data")
+    # Bounded from the export itself, before onnxruntime allocates anything for it.
+    n_params = sum(math.prod(t.dims) for t in tensors)
+    if n_params > MAX_PARAMS:
+        raise MeasureError(f"the model file {path.name} holds {n_params:,} weights, more than "
+                           f"the {MAX_PARAMS:,} the grader measures")
     domains = {n.domain for n in proto.graph.node} - {"", "ai.onnx"}
     if domains or proto.functions:
         raise MeasureError(f"the model file {path.name} uses custom operators "

@@ -317,3 +317,20 @@ def test_grading_as_an_ordinary_user_with_bubblewrap(tiny_lab, tmp_path, physion
     assert printed.split() == ["key:", "FileNotFoundError", "uid", str(uid)], printed
     assert os.stat(out / "grades.csv").st_uid == uid
     assert len([p for p in (out / "feedback").glob("*.pdf") if p.name != "summary.pdf"]) == 4
+
+
+def test_an_onnx_export_is_bounded_before_onnxruntime_allocates(tmp_path, monkeypatch):
+    import grader.measure as measure
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(20 * 12, 2))
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 20, 12),), str(path), dynamo=False)
+
+    class Data:
+        task, n_classes = "gait_binary", 2
+
+    _, ops = measure.load_onnx(path, "m", Data())       # 482 weights: within the bound
+    assert "Gemm" in ops or "MatMul" in ops
+    monkeypatch.setattr(measure, "MAX_PARAMS", 100)
+    with pytest.raises(measure.MeasureError, match="holds 482 weights, more than the 100"):
+        measure.load_onnx(path, "m", Data())
