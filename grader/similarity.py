@@ -125,8 +125,13 @@ def code_tokens(source: str) -> list[tuple[str, int]]:
 
 
 def _string_value(literal: str) -> str:
+    """A string literal by its value; an f-string by its text with every ``{...}`` emptied
+    (the names inside are renamed with the variables)."""
     import ast
 
+    prefix = re.match(r"[A-Za-z]*", literal).group()
+    if "f" in prefix.lower():
+        return "f" + re.sub(r"\{[^{}]*\}", "{}", literal[len(prefix):])
     try:
         return repr(ast.literal_eval(literal))
     except (ValueError, SyntaxError, MemoryError, RecursionError):
