@@ -42,6 +42,7 @@ import tokenize
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from difflib import SequenceMatcher
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -50,7 +51,7 @@ from .assignment import Assignment, SimilarityThresholds
 SHINGLE = 5          # words per text run
 K = 12               # tokens per hashed code run
 W = 8                # winnowing window: a shared run of K + W - 1 = 19 tokens is always seen
-COMMON_SHARE = 0.2   # a run in more than this share of the groups is common idiom...
+COMMON_SHARE = 0.05  # a run in more than this share of the groups is common idiom...
 COMMON_MIN = 5       # ... when it is also in more than this many groups
 #: Question kinds whose wrong values are compared (a metric or text differs anyway).
 VALUE_KINDS = ("integer", "number", "tuple", "choice", "multi")
@@ -212,10 +213,17 @@ def features(work: Work, bp: Boilerplate) -> _Features:
         runs |= shingles([w for w, _, _ in ws]) - bp.text
     fps: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for i, src in enumerate(work.cells):
-        for h, line in winnow(kgrams(code_tokens(src))):
+        for h, line in _cell_fingerprints(src):
             if h not in bp.code:
                 fps[h].append((i, line))
     return _Features(text_words, runs, dict(fps))
+
+
+@lru_cache(maxsize=1 << 16)
+def _cell_fingerprints(source: str) -> tuple[tuple[int, int], ...]:
+    """Winnowed fingerprints of one cell; the given cells, the same in every notebook,
+    are tokenised once."""
+    return tuple(winnow(kgrams(code_tokens(source))))
 
 
 # ============================================================================ pairs (pure)
@@ -252,8 +260,11 @@ def _shared_counts(idx: Mapping[int, list[str]]) -> dict[tuple[str, str], int]:
 
 
 def find_similar(works: list[Work], bp: Boilerplate,
-                 thresholds: SimilarityThresholds = SimilarityThresholds()) -> list[Pair]:
-    """Every pair of groups above a threshold, most similar first.  Pure."""
+                 thresholds: SimilarityThresholds = SimilarityThresholds(),
+                 stats: dict | None = None) -> list[Pair]:
+    """Every pair of groups above a threshold, most similar first.  Pure.  ``stats``
+    gets ``candidates``: the pairs the indexes found sharing something (the rest of the
+    class's pairs are never compared)."""
     n = len(works)
     if n < 2:
         return []
@@ -300,6 +311,8 @@ def find_similar(works: list[Work], bp: Boilerplate,
                 chance = n_pairs * math.prod((len(by_value[q, wrong_of[p.a][q]]) - 1) / (n - 1)
                                              for q in qs)
                 p.wrong, p.wrong_expected = qs, chance
+    if stats is not None:
+        stats["candidates"] = len(pairs)
     out = []
     for p in pairs.values():
         ratios = {"text": p.text / thresholds.text, "code": p.code / thresholds.code}
@@ -358,7 +371,7 @@ def text_passages(wa: list[tuple[str, int, int]], ta: str,
             segs = _segments(piece, [(s - lo, e - lo)])
             if lo > 0:
                 segs.insert(0, {"text": "… ", "hit": False})
-            if hi < len(text):
+            if _WORD.search(text[hi:]):
                 segs.append({"text": " …", "hit": False})
             sides.append(segs)
         out.append({"a": sides[0], "b": sides[1], "words": m.size})
@@ -399,10 +412,17 @@ def evidence(p: Pair, works: Mapping[str, Work], bp: Boilerplate) -> dict:
     shared = set(fa.fingerprints) & set(fb.fingerprints)
     code = None
     if shared and p.code:
-        side_a, side_b = _code_side(wa, fa.fingerprints, shared), _code_side(wb, fb.fingerprints, shared)
-        rows = [{"a": side_a[i] if i < len(side_a) else None,
-                 "b": side_b[i] if i < len(side_b) else None}
-                for i in range(max(len(side_a), len(side_b)))]
+        side_a = _code_side(wa, fa.fingerprints, shared)
+        side_b = {c["cell"]: c for c in _code_side(wb, fb.fingerprints, shared)}
+        # each of a's cells beside the cell of b it shares most fingerprints with (cells
+        # may have been reordered)
+        rows = []
+        for c in side_a:
+            hs = {h for h in shared if any(cell == c["cell"] for cell, _ in fa.fingerprints[h])}
+            best = max(side_b, default=None, key=lambda cb: (sum(
+                any(cell == cb for cell, _ in fb.fingerprints[h]) for h in hs), -cb))
+            rows.append({"a": c, "b": side_b.pop(best) if best is not None else None})
+        rows += [{"a": None, "b": c} for c in side_b.values()]
         code = {"rows": rows, "shared": len(shared)}
     wrong = [{"question": q, "value": wa.wrong[q]} for q in p.wrong]
     return {"a": wa.label, "b": wb.label, "strength": p.strength, "reasons": p.reasons,
@@ -416,8 +436,10 @@ def report(works: list[Work], bp: Boilerplate,
            thresholds: SimilarityThresholds = SimilarityThresholds()) -> dict:
     """Pairs above a threshold with their evidence, and the members in two groups.  Pure."""
     by_key = {w.key: w for w in works}
-    pairs = find_similar(works, bp, thresholds)
-    return {"groups": len(works), "thresholds": asdict(thresholds),
+    stats: dict = {}
+    pairs = find_similar(works, bp, thresholds, stats)
+    return {"groups": len(works), "candidates": stats["candidates"],
+            "thresholds": asdict(thresholds),
             "pairs": [evidence(p, by_key, bp) for p in pairs],
             "members": shared_members(works),
             "not_read": sorted(w.label for w in works if w.code_missing)}
