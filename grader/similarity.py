@@ -20,9 +20,10 @@ the report says "similar" and shows why; the instructor decides.
 
 Pairs are found through inverted indexes (a run, a fingerprint or a rare wrong value ->
 the groups that have it), so only groups that share something are compared: the cost
-grows with the class, not with its square.  Runs and fingerprints found in more than
-:data:`COMMON_SHARE` of the groups (and more than :data:`COMMON_MIN` groups) are common
-idiom and skipped.  The core (:func:`find_similar`) is pure; :func:`load_works` reads the
+grows with the class, not with its square (see :func:`candidates`: only a group's rarest
+runs are looked up, as many as a pair above the threshold must share one of).  Runs and
+fingerprints found in more than :data:`COMMON_SHARE` of the groups (and more than
+:data:`COMMON_MIN` groups) are common idiom and not evidence.  The core (:func:`find_similar`) is pure; :func:`load_works` reads the
 store and the notebooks of ``OUT``; nothing is executed.
 
 Example::
@@ -240,23 +241,37 @@ class Pair:
     reasons: list[str] = field(default_factory=list)
 
 
-def _index(sets: Mapping[str, Iterable[int]], n: int) -> dict[int, list[str]]:
-    """item -> groups having it, items in too many groups (common idiom) left out."""
-    idx: dict[int, list[str]] = defaultdict(list)
-    for key, items in sets.items():
+def candidates(sets: Mapping[str, Iterable[int]], threshold: float, n: int
+               ) -> tuple[dict[str, set[int]], set[tuple[str, str]]]:
+    """``(sets without common items, pairs that may reach threshold)``: prefix filtering.
+
+    Items in more than ``max(COMMON_MIN, COMMON_SHARE * n)`` groups are common idiom,
+    dropped.  A pair with ``|A & B| >= threshold * |A|``, ``A`` the smaller set, shares
+    one of A's ``|A| - ceil(threshold * |A|) + 1`` rarest items: only those are looked
+    up in the index (item -> groups), so a group meets only the few others that share
+    its rare items, never the whole class.  No pair above the threshold is missed.
+    """
+    freq: dict[int, int] = defaultdict(int)
+    for items in sets.values():
         for it in items:
-            idx[it].append(key)
+            freq[it] += 1
     cap = max(COMMON_MIN, COMMON_SHARE * n)
-    return {it: keys for it, keys in idx.items() if 1 < len(keys) <= cap}
-
-
-def _shared_counts(idx: Mapping[int, list[str]]) -> dict[tuple[str, str], int]:
-    counts: dict[tuple[str, str], int] = defaultdict(int)
-    for keys in idx.values():
-        for i, a in enumerate(keys):
-            for b in keys[i + 1:]:
-                counts[(a, b) if a < b else (b, a)] += 1
-    return counts
+    clean = {k: {it for it in items if freq[it] <= cap} for k, items in sets.items()}
+    postings: dict[int, list[str]] = defaultdict(list)
+    for k, items in clean.items():
+        for it in items:
+            postings[it].append(k)
+    found: set[tuple[str, str]] = set()
+    for k, items in clean.items():
+        if not items:
+            continue
+        rarest = sorted(items, key=lambda it: (freq[it], it))
+        for it in rarest[:len(items) - math.ceil(threshold * len(items)) + 1]:
+            for other in postings[it]:
+                # probed from the smaller set only (ties: the smaller key)
+                if (len(clean[other]), other) > (len(items), k):
+                    found.add((k, other) if k < other else (other, k))
+    return clean, found
 
 
 def find_similar(works: list[Work], bp: Boilerplate,
@@ -276,21 +291,19 @@ def find_similar(works: list[Work], bp: Boilerplate,
         return pairs.setdefault((a, b), Pair(a, b))
 
     # text: shared runs over the shorter text's runs
-    text_idx = _index({k: f.text_runs for k, f in feats.items()}, n)
-    for (a, b), shared in _shared_counts(text_idx).items():
-        fa, fb = feats[a], feats[b]
-        size = min(len(fa.text_runs), len(fb.text_runs))
-        words_a = sum(len(x) for x in fa.text_words.values())
-        words_b = sum(len(x) for x in fb.text_words.values())
-        if size and min(words_a, words_b) >= thresholds.min_text_words:
-            pair(a, b).text = len(fa.text_runs & fb.text_runs) / size
+    runs, found = candidates({k: f.text_runs for k, f in feats.items()}, thresholds.text, n)
+    for a, b in found:
+        words_a = sum(len(x) for x in feats[a].text_words.values())
+        words_b = sum(len(x) for x in feats[b].text_words.values())
+        if min(words_a, words_b) >= thresholds.min_text_words:
+            pair(a, b).text = len(runs[a] & runs[b]) / min(len(runs[a]), len(runs[b]))
     # code: shared fingerprints over the smaller code's
-    code_idx = _index({k: f.fingerprints.keys() for k, f in feats.items()}, n)
-    for (a, b), shared in _shared_counts(code_idx).items():
-        fa, fb = feats[a].fingerprints, feats[b].fingerprints
-        size = min(len(fa), len(fb))
+    fps, found = candidates({k: f.fingerprints.keys() for k, f in feats.items()},
+                            thresholds.code, n)
+    for a, b in found:
+        size = min(len(fps[a]), len(fps[b]))
         if size >= thresholds.min_code_fingerprints:
-            pair(a, b).code = len(fa.keys() & fb.keys()) / size
+            pair(a, b).code = len(fps[a] & fps[b]) / size
     # wrong answers: pairs sharing a rare wrong value; all their shared ones weigh in
     by_value: dict[tuple[str, str], list[str]] = defaultdict(list)
     for w in works:
