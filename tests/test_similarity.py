@@ -181,3 +181,36 @@ def test_rescore_writes_the_section_in_the_summary(tmp_path):
     assert f"1. Similar: {b} ~ {a}" in text or f"1. Similar: {a} ~ {b}" in text
     assert "2. Similar" not in text
     assert "code beyond the hand-out" in text
+
+
+def test_the_index_misses_no_pair_above_the_threshold():
+    """Prefix filtering against comparing every pair, on random sets with planted overlaps."""
+    from itertools import combinations
+
+    from grader.similarity import candidates
+
+    rng = random.Random(1)
+    sets = {f"g{i}": {rng.randrange(5000) for _ in range(rng.randint(5, 60))} for i in range(60)}
+    for i in range(0, 60, 6):   # some pairs share a lot
+        sets[f"g{i + 1}"] |= set(rng.sample(sorted(sets[f"g{i}"]), len(sets[f"g{i}"]) * 3 // 4))
+        sets[f"g{i + 2}"] |= sets[f"g{i}"]
+    for t in (0.3, 0.5, 0.6, 0.9):
+        clean, found = candidates(sets, t, len(sets))
+        every = {(a, b) for a, b in combinations(sorted(clean), 2)
+                 if clean[a] and clean[b]
+                 and len(clean[a] & clean[b]) >= t * min(len(clean[a]), len(clean[b]))}
+        assert every, "no pair above the threshold: the check would prove nothing"
+        assert every <= found
+        assert len(found) < len(list(combinations(sets, 2))) / 2
+
+
+def test_300_groups_in_seconds_through_the_index(tmp_path):
+    import time
+
+    info = build_class(tmp_path, honest=298, seed=11)
+    t0 = time.perf_counter()
+    rep = similarity(tmp_path)
+    seconds = time.perf_counter() - t0
+    assert seconds <= 30, f"{seconds:.1f} s for 300 groups"
+    assert rep["candidates"] < 300 * 299 / 2 / 4, "most pairs were compared in full"
+    assert {_pair(p) for p in rep["pairs"][:2]} == {frozenset(info["copy"]), frozenset(info["wrong"])}
