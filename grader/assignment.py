@@ -292,6 +292,11 @@ def _similarity(raw: Any, path: Path) -> SimilarityThresholds:
                 or (typ is int and value != int(value)):
             raise SpecError(f"{path}: [similarity] {name} = {value!r}: a positive "
                             f"{'whole number' if typ is int else 'number'} is expected")
+        if name in ("text", "code") and value > 1:
+            raise SpecError(f"{path}: [similarity] {name} = {value!r}: a share, at most 1")
+        if name == "wrong_answers" and value >= 1:
+            raise SpecError(f"{path}: [similarity] wrong_answers = {value!r}: a number of pairs "
+                            "expected by chance, below 1 (e.g. 0.05)")
         values[name] = typ(value)
     return SimilarityThresholds(**values)
 

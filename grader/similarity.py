@@ -565,6 +565,8 @@ def similarity(out: str | Path, lab: str | Path | None = None, *, rows=None) -> 
     from .store import Store
 
     out = Path(out)
+    if not (out / "grader.db").is_file():
+        raise ValueError(f"{out}: no grader.db here (grade the class into this folder first)")
     if lab is None:
         with Store(out / "grader.db") as store:
             lab = store.meta().get("lab")

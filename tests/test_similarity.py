@@ -4,9 +4,8 @@ are the two pairs found, no honest pair is, and the given code never makes a pai
 from __future__ import annotations
 
 import json
-import multiprocessing
+import random
 import re
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -17,9 +16,7 @@ from grader.release import student_notebook
 from grader.similarity import (Work, assignment_boilerplate, boilerplate_of, find_similar,
                                load_works, report, similarity)
 
-from similarity_class import LAB, build_class, rename_all, reflow, write_idiom, write_text, IDIOMS
-
-import random
+from similarity_class import IDIOMS, LAB, build_class, reflow, rename_all, write_idiom, write_text
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +158,9 @@ def test_thresholds_from_assignment_toml(tmp_path):
     (folder / "assignment.toml").write_text(text + "\n[similarity]\ncode = -1\n")
     with pytest.raises(SpecError, match=r"assignment.toml: \[similarity\] code = -1"):
         load_assignment(folder)
+    (folder / "assignment.toml").write_text(text + "\n[similarity]\nwrong_answers = 2\n")
+    with pytest.raises(SpecError, match=r"wrong_answers = 2: a number of pairs"):
+        load_assignment(folder)
     (folder / "assignment.toml").write_text(text + "\n[similarity]\ncolour = 1\n")
     with pytest.raises(SpecError, match="unknown field 'colour'"):
         load_assignment(folder)
@@ -214,3 +214,10 @@ def test_300_groups_in_seconds_through_the_index(tmp_path):
     assert seconds <= 30, f"{seconds:.1f} s for 300 groups"
     assert rep["candidates"] < 300 * 299 / 2 / 4, "most pairs were compared in full"
     assert {_pair(p) for p in rep["pairs"][:2]} == {frozenset(info["copy"]), frozenset(info["wrong"])}
+
+
+def test_cli_says_what_is_missing(tmp_path):
+    res = CliRunner().invoke(main, ["similarity", str(tmp_path)])
+    assert res.exit_code == 1
+    assert f"{tmp_path}: no grader.db here" in res.output
+    assert not (tmp_path / "grader.db").exists()
