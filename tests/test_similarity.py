@@ -221,3 +221,19 @@ def test_cli_says_what_is_missing(tmp_path):
     assert res.exit_code == 1
     assert f"{tmp_path}: no grader.db here" in res.output
     assert not (tmp_path / "grader.db").exists()
+
+
+def test_the_demo_class_holds_one_copied_pair(lab, bp):
+    """The demo's notebooks as handed in (not run): the copy and its source are the one
+    similar pair; the groups made from the reference solution are not similar."""
+    from grader.demo import GROUPS, variant
+    from grader.evidence import _texts
+    from grader.similarity import _code_cells
+
+    works = []
+    for label, (members, how) in GROUPS.items():
+        nb = variant(lab, how, members)
+        works.append(Work(label, label, texts=_texts(nb, lab), cells=_code_cells(nb)))
+    rep = report(works, bp)
+    assert [(p["a"], p["b"]) for p in rep["pairs"]] == [("copy", "right")]
+    assert set(rep["pairs"][0]["reasons"]) == {"text", "code"}
