@@ -109,6 +109,18 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class SimilarityThresholds:
+    """``[similarity]`` of assignment.toml: when two groups' work is listed as similar
+    (see :mod:`grader.similarity`; the defaults are the ones ``tests/test_similarity.py``
+    checks on a class of honest groups, a copy and a pair sharing wrong answers)."""
+    text: float = 0.5            # share of the shorter text's 5-word runs found in the other
+    code: float = 0.6            # share of the smaller code's fingerprints found in the other
+    wrong_answers: float = 0.05  # at most this many pairs of the class would share them by chance
+    min_text_words: int = 12     # fewer words of own text than this: text not compared
+    min_code_fingerprints: int = 6   # fewer own fingerprints than this: code not compared
+
+
+@dataclass(frozen=True)
 class Assignment:
     folder: Path
     number: int
@@ -118,6 +130,7 @@ class Assignment:
     questions: tuple[Question, ...]
     limits: Limits
     helpers: tuple[str, ...] = ()
+    similarity: SimilarityThresholds = field(default_factory=SimilarityThresholds)
 
     @property
     def notebook_path(self) -> Path:
@@ -276,7 +289,32 @@ def load_assignment(folder: str | Path) -> Assignment:
         raise SpecError(f"{path}: [limits]: {exc}") from None
     return Assignment(folder=folder, number=lab["number"], title=lab["title"],
                       course=str(lab.get("course", "")), notebook=lab["notebook"],
-                      questions=questions, limits=limits, helpers=tuple(lab.get("helpers", [])))
+                      questions=questions, limits=limits, helpers=tuple(lab.get("helpers", [])),
+                      similarity=_similarity(spec.get("similarity", {}), path))
+
+
+def _similarity(raw: Any, path: Path) -> SimilarityThresholds:
+    """``[similarity]``: every field optional, each a positive number."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: [similarity] must be a table")
+    defaults = SimilarityThresholds()
+    values = {}
+    for name, value in raw.items():
+        if not hasattr(defaults, name):
+            raise SpecError(f"{path}: [similarity]: unknown field {name!r} (the fields are "
+                            f"{', '.join(SimilarityThresholds.__dataclass_fields__)})")
+        typ = type(getattr(defaults, name))
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 \
+                or (typ is int and value != int(value)):
+            raise SpecError(f"{path}: [similarity] {name} = {value!r}: a positive "
+                            f"{'whole number' if typ is int else 'number'} is expected")
+        if name in ("text", "code") and value > 1:
+            raise SpecError(f"{path}: [similarity] {name} = {value!r}: a share, at most 1")
+        if name == "wrong_answers" and value >= 1:
+            raise SpecError(f"{path}: [similarity] wrong_answers = {value!r}: a number of pairs "
+                            "expected by chance, below 1 (e.g. 0.05)")
+        values[name] = typ(value)
+    return SimilarityThresholds(**values)
 
 
 def check_key(assignment: Assignment, key: dict) -> None:

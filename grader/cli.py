@@ -169,6 +169,47 @@ def rescore_cmd(out, lab, manual_csv, allow_unmatched, jobs) -> None:
     click.echo(f"rescored {len(rows)} submission(s) in {time.perf_counter() - t0:.2f} s")
 
 
+@main.command("similarity")
+@click.argument("out", type=click.Path(exists=True, file_okay=False))
+@click.option("--lab", default=None, type=click.Path(exists=True, file_okay=False),
+              help="The assignment folder [default: the one OUT was graded with].")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+def similarity_cmd(out, lab, as_json) -> None:
+    """List the pairs of graded groups in OUT whose work is similar (texts, code beyond
+    the hand-out, shared wrong answers; members in two groups), most similar first.
+    Reads the store and the notebooks; executes nothing. The evidence side by side is in
+    OUT/summary.pdf."""
+    import json
+
+    from .assignment import SpecError
+    from .similarity import similarity
+    from .store import StoreError
+
+    try:
+        rep = similarity(out, lab)
+    except (SpecError, StoreError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(rep, indent=1, ensure_ascii=False))
+        return
+    click.echo(f"{rep['groups']} group(s) compared; {len(rep['pairs'])} similar pair(s)")
+    for i, p in enumerate(rep["pairs"], start=1):
+        why = []
+        if "text" in p["reasons"]:
+            why.append(f"text {p['text']:.0%} shared")
+        if "code" in p["reasons"]:
+            why.append(f"code beyond the hand-out {p['code']:.0%} shared")
+        if "wrong answers" in p["reasons"]:
+            why.append(f"same wrong answers on {', '.join(w['question'] for w in p['wrong'])} "
+                       f"(by chance in {p['wrong_expected']:.2g} pairs of this class)")
+        click.echo(f"{i:3d}. {p['a']}  ~  {p['b']}: " + "; ".join(why))
+    for m in rep["members"]:
+        click.echo(f"  member {m['name']} in: " + " | ".join(m["groups"]))
+    for label in rep["not_read"]:
+        click.echo(f"  code not compared (notebook not found): {label}")
+
+
 @main.command("validate")
 @click.argument("lab", type=click.Path(exists=True, file_okay=False))
 @click.option("-j", "--jobs", default=2, show_default=True)

@@ -11,7 +11,10 @@ The groups:
 - Müller-Lüdenscheidt, O'Brien: several wrong answers and a weaker CNN;
 - Curie: the kernel crashes halfway (``os._exit``);
 - Châtelet, Hopper: a cell that never ends (graded until the time limit);
-- Ørsted, Noether, Lamarr: hands in the blank hand-out.
+- Ørsted, Noether, Lamarr: hands in the blank hand-out;
+- Pearson, Nightingale: hands in Lovelace's group's work with every variable of its own
+  code renamed, the text answers reflowed and two cells swapped (the summary's "Similar
+  work" section shows it).
 """
 from __future__ import annotations
 
@@ -36,7 +39,66 @@ GROUPS = {
     "crash": (["Marie Curie"], "crash"),
     "hang": (["Émilie du Châtelet", "Grace Hopper"], "hang"),
     "blank": (["Hans Christian Ørsted", "Emmy Noether", "Hedy Lamarr"], "blank"),
+    "copy": (["Karl Pearson", "Florence Nightingale"], "copy"),
 }
+
+# The right group's own work beyond the hand-out (its texts and two cells of its own), and
+# the copy of it: the same work, renamed, reflowed and reordered.
+OWN_TEXTS = {
+    "best_model": "The CNN wins on every test metric we printed, and it needs far fewer weights "
+                  "than the GRU. Its filters slide over consecutive RR intervals and pick up the "
+                  "local irregularity that marks atrial fibrillation, wherever it appears in the "
+                  "window. The GRU is close but trains several times longer; the MLP trails both.",
+    "gait_interpretation": "With 64 people in all, a fold learns from fewer than forty of them, so "
+                           "the network memorises how each person walks instead of the disease: the "
+                           "training loss keeps dropping while the validation loss climbs. We would "
+                           "first shrink the model and add dropout and weight decay.",
+}
+OWN_CELLS = [
+    """sizes = {}
+for label, model in [("MLP", mlp_af), ("CNN", cnn_af), ("GRU", rnn_af)]:
+    sizes[label] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"{label:4s} {sizes[label]:7d} trainable weights")
+ratio = sizes["GRU"] / sizes["CNN"]
+print(f"the GRU has {ratio:.1f} times the weights of the CNN")""",
+    """recall = cm.diagonal() / np.maximum(cm.sum(axis=1), 1)
+for name, value in zip(af.classes, recall):
+    print(f"recall of {name}: {value:.3f}")
+worst = af.classes[int(recall.argmin())]
+print("weakest class:", worst)""",
+]
+COPIED_CELLS = [
+    """# model sizes
+n_w = {}
+for nm, net in [("MLP", mlp_af), ("CNN", cnn_af), ("GRU", rnn_af)]:
+    n_w[nm] = sum(w.numel()   for w in net.parameters() if w.requires_grad)
+    print(f"{nm:4s} {n_w[nm]:7d} trainable weights")
+r = n_w["GRU"]/n_w["CNN"]
+print(f"the GRU has {r:.1f} times the weights of the CNN")""",
+    """# per-class recall
+rec = cm.diagonal()/np.maximum(cm.sum(axis=1), 1)
+for cls, v in zip(af.classes, rec):
+    print(f"recall of {cls}: {v:.3f}")
+w = af.classes[int(rec.argmin())]
+print("weakest class:", w)""",
+]
+
+
+def _own_work(nb, texts: dict[str, str], cells: list[str]) -> None:
+    """Put a group's own answers in its text cells and its own cells after the GRU's."""
+    from nbformat.v4 import new_code_cell
+
+    for cell in nb.cells:
+        tag = cell.metadata.get("grader", {}).get("answer")
+        if tag in texts:
+            cell.source = "*Your answer:*\n\n" + texts[tag]
+    at = next(i for i, c in enumerate(nb.cells) if "history_rnn = fit(" in c.source) + 1
+    nb.cells[at:at] = [new_code_cell(c) for c in cells]
+
+
+def _reflow(text: str, width: int = 9) -> str:
+    ws = text.split()
+    return "\n".join(" ".join(ws[i:i + width]) for i in range(0, len(ws), width))
 
 
 def _set_group(nb, members: list[str]) -> None:
@@ -64,7 +126,11 @@ def variant(assignment, how: str, members: list[str]):
     for cell in nb.cells:  # what a group hands in carries no solution markers
         cell.source = re.sub(r"^[ \t]*### (BEGIN|END) SOLUTION[^\n]*\n?", "", cell.source, flags=re.M)
     _set_group(nb, members)
-    if how == "weaker":
+    if how == "right":
+        _own_work(nb, OWN_TEXTS, OWN_CELLS)
+    elif how == "copy":
+        _own_work(nb, {k: _reflow(v) for k, v in OWN_TEXTS.items()}, COPIED_CELLS[::-1])
+    elif how == "weaker":
         _replace(nb, "conv_len = (30 + 2 * 2 - 1 * (5 - 1) - 1) // 2 + 1", "conv_len = 30 // 2 + 2")
         _replace(nb, 'split_reason = "B"', 'split_reason = "A"')
         _replace(nb, 'classification_losses = {"cross_entropy", "bce"}',

@@ -314,7 +314,8 @@ def rescore(out: str | Path, lab: str | Path | None = None, manual_csv: str | Pa
                       console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task("pdf", total=len(feedback_files(rows)))
             render_all(rows, assignment, key, out, progress=lambda: bar.advance(task),
-                       workers=jobs or os.cpu_count() or 1)
+                       workers=jobs or os.cpu_count() or 1,
+                       similarity=_similarity(out, assignment, rows))
     except (ImportError, OSError) as exc:
         # WeasyPrint without Pango (a headless GPU server, say): the grades stand.
         log.warning("feedback PDFs not written (%s: %s); grades.csv and %s are complete. "
@@ -325,6 +326,17 @@ def rescore(out: str | Path, lab: str | Path | None = None, manual_csv: str | Pa
     if unmatched and not allow_unmatched:
         raise UnmatchedManual(unmatched, rows)
     return rows
+
+
+def _similarity(out: Path, assignment: Assignment, rows: list[dict]) -> dict | None:
+    """The summary's similarity section; a failure there costs the section, not the grades."""
+    from .similarity import similarity
+
+    try:
+        return similarity(out, assignment.folder, rows=rows)
+    except Exception:  # noqa: BLE001
+        log.warning("similarity section left out of the summary", exc_info=True)
+        return None
 
 
 def write_grades_csv(path: Path, assignment: Assignment, rows: list[dict]) -> None:

@@ -703,15 +703,17 @@ def render_summary(rows: list[Mapping], assignment, key: Mapping, out: str | Pat
 
 
 def render_all(rows: list[Mapping], assignment, key: Mapping, out: str | Path,
-               progress=None, workers: int = 1) -> dict:
+               progress=None, workers: int = 1, similarity: Mapping | None = None) -> dict:
     """Every report: ``{"feedback": [paths], "summary": path}``, rendered by up to
-    ``workers`` processes (see :func:`render_feedback`)."""
+    ``workers`` processes (see :func:`render_feedback`).  ``similarity``: the report of
+    :func:`grader.similarity.similarity`, shown in the summary."""
     now = _now()
     folder = Path(out) / "feedback"
     folder.mkdir(parents=True, exist_ok=True)
     paths, todo, index, digests = _plan_feedback(rows, assignment, key, folder, now, progress)
     summary = Path(out) / "summary.pdf"
-    _render_calls([(_summary_pdf, (summary_data(rows, assignment, key, now), summary), False)]
+    data = {**summary_data(rows, assignment, key, now), "similarity": similarity}
+    _render_calls([(_summary_pdf, (data, summary), False)]
                   + [(render_feedback_pdf, job, True) for job in todo], workers, progress)
     _write_index(folder, index, digests)
     return {"feedback": paths, "summary": summary}
