@@ -333,7 +333,9 @@ def test_handout_check_without_sandbox_tools_passes_the_reference(student, physi
 @pytest.mark.slow
 def test_handout_last_cell_checks_from_jupyter(student):
     """The hand-out's last cell, in a kernel started in the notebook's folder as JupyterLab
-    starts it (which names the notebook in JPY_SESSION_NAME)."""
+    starts it: it checks the notebook JupyterLab names in JPY_SESSION_NAME, not the first
+    `*_lab_01.ipynb` of the folder."""
+    shutil.copy(student.handout / "lab01.ipynb", student.handout / "aaa_lab_01.ipynb")
     script = ("import sys, nbformat\nfrom nbclient import NotebookClient\n"
               "nb = nbformat.read(sys.argv[1], as_version=4)\nnb.cells = nb.cells[-1:]\n"
               "NotebookClient(nb, resources={'metadata': {'path': sys.argv[2]}}).execute()\n"
