@@ -186,5 +186,7 @@ and a file name off the convention, and exits non-zero when one of them would co
 does not know the expected answers. The run takes as long as the notebook: it starts a fresh
 kernel, in a sandbox where Linux has bubblewrap, else (macOS, Windows) as Jupyter does, and
 says which. When that kernel cannot start, the check shows the kernel's own last lines.
+It was tested on Linux; on macOS and Windows it has not been tried yet: if it fails there,
+tell us what it printed.
 """)
     return out
