@@ -249,7 +249,7 @@ def load_assignment(folder: str | Path) -> Assignment:
     if not path.exists():
         raise SpecError(f"{folder}: no assignment.toml (is this an assignment folder?)")
     try:
-        spec = tomllib.loads(path.read_text())
+        spec = tomllib.loads(path.read_text(encoding="utf-8"))  # TOML is UTF-8 (Windows too)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{path}: not valid TOML ({exc})") from None
     lab = spec.get("lab", {})

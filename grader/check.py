@@ -7,6 +7,12 @@ type and form, choices among the allowed ones, plausible ranges, cells that must
 stay unchanged left unchanged, the run time against the grading limit, errors by
 cell. It reads the question spec, never a key: the hand-out carries none.
 
+Students run it from the hand-out, which they never install: ``grader/`` and
+``reference/`` are folders beside their notebook. So the check's kernel gets those
+folders and the notebook's own on its import path (a kernel in Jupyter finds them
+through its working folder), uses the best sandbox the machine has and runs without one
+where there is none (macOS, Windows, a Linux without bubblewrap), with a note saying so.
+
 Example::
 
     grader check lovelace_turing_lab_01.ipynb --lab .
@@ -16,7 +22,9 @@ from __future__ import annotations
 import ast
 import math
 import os
+import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +35,7 @@ from .evidence import decode_value
 from .execute import load_notebook
 from .ingest import Submission, read_submission
 from .release import source_hash
+from .sandbox import Isolation
 from .score import form_problem
 
 
@@ -115,7 +124,7 @@ def check_notebook(path: str | Path, lab: str | Path | None = None, *, run: bool
     The file is read as grading reads it: what ingest refuses (a PDF renamed, an old
     notebook format) fails here too, and what the runner repairs and runs passes."""
     path = Path(path).resolve()
-    lab = Path(lab) if lab else path.parent
+    lab = Path(lab) if lab else default_lab(path)
     assignment = load_assignment(lab)
     sub = read_submission(path, path.name, assignment.number)
     if sub.problem:
@@ -128,6 +137,81 @@ def check_notebook(path: str | Path, lab: str | Path | None = None, *, run: bool
         rows += saved_rows(nb, assignment)
         return rows
     return rows + run_rows(path, assignment, data_dir, sandbox)
+
+
+def default_lab(notebook: Path) -> Path:
+    """The notebook's folder; when it holds no assignment.toml, the hand-out that this
+    ``grader`` came with (a notebook kept in a folder of its own, say)."""
+    here = notebook.parent
+    handout = package_parents()[0]
+    if not (here / "assignment.toml").exists() and (handout / "assignment.toml").exists():
+        return handout
+    return here
+
+
+def package_parents() -> list[Path]:
+    """The folders that hold the running ``grader`` and ``reference``: the hand-out's
+    folder, where students never install them."""
+    import reference
+
+    import grader
+
+    return list(dict.fromkeys(Path(m.__file__).resolve().parent.parent
+                              for m in (grader, reference)))
+
+
+def kernel_env_paths(notebook: Path) -> dict[str, str]:
+    """The check kernel's import path, as Jupyter's: the notebook's own folder (where
+    Jupyter starts its kernel, so that ``from reference ...`` beside it works), then the
+    folders of the running ``grader`` and ``reference``. ``PYTHONPATH`` lets the kernel
+    start as ``python -m grader.kernel_launcher``; ``GRADER_KERNEL_PATH`` tells it where
+    Jupyter would have these folders (see :mod:`grader.kernel_launcher`)."""
+    parents = package_parents()
+    paths = list(dict.fromkeys([notebook.parent, *parents]))
+    return {"PYTHONPATH": os.pathsep.join(map(str, parents)),
+            "GRADER_KERNEL_PATH": os.pathsep.join(map(str, paths))}
+
+
+def check_isolation(choice: str) -> Isolation:
+    """The sandbox of the check's run. ``auto``: the best one that works here, else none,
+    with a note (a student's own notebook on the student's own machine: it runs unisolated
+    in Jupyter anyway). A mode asked for by name must work, except that ``none`` runs
+    without resource limits where ``prlimit`` is missing (macOS, Windows)."""
+    from dataclasses import replace
+
+    from .sandbox import SandboxUnavailable, resolve
+
+    if choice != "auto":
+        try:
+            return resolve(choice)
+        except SandboxUnavailable as exc:
+            if choice != "none":
+                raise
+            return Isolation("none", requested="none", rlimits=False,
+                             notes=(f"no resource limits ({exc})",))
+    for mode in ("bwrap", "unshare"):
+        try:
+            return replace(resolve(mode), requested="auto", degraded=mode != "bwrap")
+        except SandboxUnavailable:
+            continue
+    try:
+        iso = resolve("none")
+    except SandboxUnavailable as exc:
+        iso = Isolation("none", rlimits=False, notes=(f"no resource limits ({exc})",))
+    return replace(iso, requested="auto", degraded=True)
+
+
+def kernel_fix(tail: str) -> str:
+    """One sentence on the likely fix, from the last lines of a kernel that did not start."""
+    missing = re.findall(r"No module named '?([\w.]+)", tail)
+    if missing:
+        return (f"The kernel's Python cannot import `{missing[-1]}`: run the check with the "
+                "Python of the environment made from the hand-out's requirements.txt "
+                "(`python -m pip install -r requirements.txt` in it), and keep the hand-out's "
+                "`grader/` and `reference/` folders as they came.")
+    return ("The notebook was not run, so no answer was checked: fix what the kernel's last "
+            "lines above say (or try `--sandbox none`), or check the saved notebook with "
+            "`--no-run`.")
 
 
 def saved_rows(nb, assignment: Assignment) -> list[Row]:
@@ -161,13 +245,14 @@ def saved_rows(nb, assignment: Assignment) -> list[Row]:
 
 
 def run_rows(path: Path, assignment: Assignment, data_dir, sandbox: str) -> list[Row]:
+    from jupyter_client.kernelspec import NoSuchKernel
     from reference.paths import MissingDataError, cache_dir
     from reference.paths import data_dir as resolve_data_dir
 
     from .evidence import collect, epilogue_code
     from .execute import execute_notebook
     from .grade import warm_data_cache
-    from .sandbox import resolve
+    from .sandbox import package_roots, python_roots
 
     lim = assignment.limits
     data_dir = resolve_data_dir(data_dir)
@@ -176,19 +261,42 @@ def run_rows(path: Path, assignment: Assignment, data_dir, sandbox: str) -> list
     except MissingDataError:
         pass                        # the notebook's own cell reports the missing file
     cache = cache_dir()
+    isolation = check_isolation(sandbox)
+    paths = kernel_env_paths(path)
+    # What a hiding sandbox must show the kernel: its Python, wherever the venv lies, and
+    # the folders it imports from, read-only; never a folder that holds a key.
+    shown = [p for p in [*python_roots(), *package_roots(),
+                         *paths["GRADER_KERNEL_PATH"].split(os.pathsep)]
+             if not (Path(p) / "key.json").exists()]
     work = Path(tempfile.mkdtemp(prefix="grader-check-"))
     os.chmod(work, 0o755)
     try:
-        result = execute_notebook(
-            path, workdir=work, isolation=resolve(sandbox), data_dir=data_dir,
-            limits=lim.to_sandbox(), env={"GRADER_CACHE": str(cache)}, readonly=[cache],
-            snapshot=epilogue_code(assignment), threads=os.cpu_count() or 1)
+        try:
+            result = execute_notebook(
+                path, workdir=work, isolation=isolation, data_dir=data_dir,
+                limits=lim.to_sandbox(), readonly=[cache, *shown],
+                env={"GRADER_CACHE": str(cache), **paths},
+                snapshot=epilogue_code(assignment), threads=os.cpu_count() or 1)
+        except NoSuchKernel as exc:  # ipykernel missing from this Python
+            return [Row("kernel", False, f"no Jupyter kernel `{exc.name}` for {sys.executable}. "
+                        + kernel_fix("No module named 'ipykernel'"))]
         ev = collect(result, work, assignment)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows = [Row("run", result.status in ("ok", "errors"),
                 f"{result.status} in {result.seconds:.0f} s (grading allows "
                 f"{lim.notebook_timeout:.0f} s){': ' + result.message if result.message else ''}")]
+    if isolation.mode != "bwrap":
+        rows.append(Row("sandbox", False, f"{isolation.mode}, not bubblewrap"
+                        f"{'' if isolation.rlimits else ', no resource limits'}: the notebook "
+                        "ran with your rights, as in Jupyter (grading runs it in bubblewrap)",
+                        costs_points=False))
+    start = [e for e in result.errors if e.ename == "KernelStartError"]
+    if start:
+        # No cell ran: one row with the kernel's own words, not one FIX per question.
+        tail = start[0].traceback.strip() or "(the kernel wrote nothing)"
+        rows.append(Row("kernel", False, f"its last lines:\n{tail}\n{kernel_fix(tail)}"))
+        return rows
     errs = [f"cell {e.cell_index}: {e.ename}: {e.evalue}" for e in result.errors]
     rows.append(Row("errors by cell", not errs, "; ".join(errs) or "none", costs_points=False))
     for q in assignment.questions:

@@ -250,7 +250,8 @@ def validate_cmd(lab, jobs, sandbox, data_dir, keep) -> None:
 @click.option("--no-run", is_flag=True, help="Read the notebook as saved instead of running it.")
 @click.option("--data-dir", default=None, help="PhysioNet data (default: $GRADER_DATA).")
 @click.option("--sandbox", type=click.Choice(SANDBOX_CHOICES), default="auto",
-              show_default=True)
+              show_default=True,
+              help="auto: the best sandbox that works here, else none (a note says so).")
 def check_cmd(notebook, lab, no_run, data_dir, sandbox) -> None:
     """Check NOTEBOOK before submitting: name, group, answers' form, given cells, errors.
     Exits non-zero when something would cost points for form. Knows no expected answer."""
@@ -276,7 +277,10 @@ def check_cmd(notebook, lab, no_run, data_dir, sandbox) -> None:
                       Text(clean_text(str(r.what))), Text(clean_text(str(r.detail))))
     Console().print(table)
     code = exit_code(rows)
-    click.echo("ready to submit" if code == 0 else "some answers would cost points for their form: fix the rows marked FIX")
+    if any(r.what == "kernel" and not r.ok for r in rows):
+        click.echo("the notebook could not be run: see the row `kernel` (no answer was checked)")
+    else:
+        click.echo("ready to submit" if code == 0 else "some answers would cost points for their form: fix the rows marked FIX")
     sys.exit(code)
 
 

@@ -243,6 +243,14 @@ def output_size(out: Mapping) -> int:
     return size
 
 
+#: Windows variables a Python process needs (SYSTEMROOT: sockets and random numbers).
+_WINDOWS_VARS = ("SYSTEMROOT", "WINDIR", "COMSPEC", "PATHEXT", "PROGRAMDATA", "APPDATA",
+                 "LOCALAPPDATA")
+
+#: zmq's ipc transport (Unix sockets, no TCP port open) is POSIX only.
+KERNEL_TRANSPORT = "ipc" if os.name == "posix" else "tcp"
+
+
 def kernel_env(
     *,
     workdir: str | Path,
@@ -282,7 +290,15 @@ def kernel_env(
         "JUPYTER_PLATFORM_DIRS": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYDEVD_DISABLE_FILE_VALIDATION": "1",  # silences debugpy's frozen-modules warning
+        # Tells the notebook it runs under the grader (its self-check cell then skips,
+        # rather than run the notebook again inside itself).
+        "GRADER_KERNEL": "1",
     }
+    if os.name == "nt":  # `grader check` on Windows: Python cannot start without these
+        env.update({k: os.environ[k] for k in _WINDOWS_VARS if k in os.environ})
+        env.update(USERPROFILE=str(workdir), TEMP=env["TMPDIR"], TMP=env["TMPDIR"],
+                   PATH=os.pathsep.join([os.path.dirname(sys.executable),
+                                         os.environ.get("PATH", "")]))
     if data_dir is not None:
         env["GRADER_DATA"] = str(data_dir)
     env.update(extra or {})
@@ -457,7 +473,7 @@ def _exit_description(code: int | None, namespaced: bool) -> str:
     if sig:
         try:
             return f"killed by {signal.Signals(sig).name}" + (
-                " (out of memory?)" if sig == signal.SIGKILL else "")
+                " (out of memory?)" if sig == getattr(signal, "SIGKILL", 9) else "")
         except ValueError:
             pass
     return f"exit status {code}"
@@ -663,7 +679,7 @@ async def start_kernel_async(
                                      devices=devices)
 
         km = SandboxedKernelManager(
-            kernel_name=kernel_name, transport="ipc",
+            kernel_name=kernel_name, transport=KERNEL_TRANSPORT,
             connection_file=str(rt / "k.json"),  # short: Unix socket paths max 107 bytes
             wrap=wrap, owner=isolation.uid, log=_nbclient_log,
         )

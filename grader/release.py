@@ -149,6 +149,8 @@ def release(folder: str | Path, out: str | Path) -> Path:
 
 ## Set-up
 
+In this folder (the one with this README), in a terminal:
+
     python -m venv venv
     source venv/bin/activate            # Windows: venv\\Scripts\\activate
     python -m pip install --upgrade pip
@@ -157,7 +159,8 @@ def release(folder: str | Path, out: str | Path) -> Path:
 
 The notebook `{assignment.notebook}` downloads nothing by itself: fetch the PhysioNet data once
 (`python -c "from reference.fetch import fetch; fetch()"`), or set `GRADER_DATA` to a folder
-that holds `afdb/` and `gaitndd/`.
+that holds `afdb/` and `gaitndd/`. Keep `reference/` and `grader/` beside the notebook: the
+notebook imports the first, the self-check is the second.
 
 ## Submitting
 
@@ -169,13 +172,22 @@ answer every question, run the notebook from top to bottom, and save it as
 (your family names, lower case, no accents, spaces or hyphens). Every member uploads it on
 Moodle. Cells marked as given must stay unchanged.
 
-Before submitting, check the form of your answers (the notebook's last cell does it too):
+Before submitting, check the form of your answers. In this folder, with the venv active:
 
     python -m grader check name1_name2_name3_lab_{nn}.ipynb            # runs it as the grader will
     python -m grader check name1_name2_name3_lab_{nn}.ipynb --no-run   # reads it as saved
 
+From any other folder, name this folder's `grader`: `python "path/to/this folder/grader" check
+NOTEBOOK` (it reads this folder's `assignment.toml` when the notebook's folder has none).
+In JupyterLab, the notebook's last cell runs the check on the saved notebook (set `RUN = True`
+in it to run the notebook first).
+
 It tells you about missing answers, answers of the wrong type or form, given cells you changed
 and a file name off the convention, and exits non-zero when one of them would cost points. It
-does not know the expected answers.
+does not know the expected answers. The run takes as long as the notebook: it starts a fresh
+kernel, in a sandbox where Linux has bubblewrap, else (macOS, Windows) as Jupyter does, and
+says which. When that kernel cannot start, the check shows the kernel's own last lines.
+It was tested on Linux; on macOS and Windows it has not been tried yet: if it fails there,
+tell us what it printed.
 """)
     return out

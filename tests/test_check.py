@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -104,7 +108,14 @@ def test_run_uses_the_full_limits_and_the_data_cache(handout, tmp_path, monkeypa
     lim = load_assignment(handout).limits
     assert warmed == [tmp_path]
     assert seen["env"]["GRADER_CACHE"] == str(cache_dir())
-    assert [str(p) for p in seen["readonly"]] == [str(cache_dir())]
+    assert seen["readonly"][0] == cache_dir()
+    # The kernel imports from the notebook's folder and the running grader's, as in Jupyter,
+    # and a hiding sandbox shows it those folders read-only.
+    import grader
+    root = Path(grader.__file__).resolve().parents[1]
+    assert seen["env"]["GRADER_KERNEL_PATH"].split(os.pathsep)[:2] == [str(tmp_path), str(root)]
+    assert seen["env"]["PYTHONPATH"] == str(root)
+    assert {str(tmp_path), str(root / "grader")} <= {str(p) for p in seen["readonly"]}
     assert seen["limits"] == lim.to_sandbox()
     assert (seen["limits"].max_file_size, seen["limits"].output_cap) == (lim.max_file_size,
                                                                          lim.output_cap)
@@ -255,3 +266,161 @@ branchy = Branchy()
     assert "seq_acc (model seq)" in flat and "exported for the grader's measurement" in flat
     assert "an `if` or `while` on a tensor's value" in flat and "torch.where" in flat
     assert "45.4 looks like a percent (give 0.454)" in flat
+
+
+# --------------------------------------------- the hand-out alone, in a fresh venv
+
+TOOLS = ("bwrap", "unshare", "prlimit")
+# What Windows lacks: `import resource` fails in the check's process, as it would there.
+BLOCK = """import sys
+for _name in ("resource", "fcntl", "pwd"):
+    sys.modules.pop(_name, None)
+    sys.modules[_name] = None
+"""
+ROW = re.compile(r"^│\s*(ok|FIX|note)\s*│\s*(.*?)\s*│\s*(.*?)\s*│$", re.MULTILINE)
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory) -> SimpleNamespace:
+    """A student's machine: the hand-out in a folder with spaces, and in it a fresh venv
+    made from the hand-out's requirements.txt only (torch from the machine's local wheel,
+    as the Makefile takes it, never downloaded); the project is not installed in it."""
+    from grader.release import release
+
+    course = tmp_path_factory.mktemp("course") / "Deep Learning"
+    handout = release(LAB, course / "lab 01")
+    os.chmod(course.parent, 0o755)  # as a student's folders are (pytest makes them 0700)
+    for d in (course, handout):
+        os.chmod(d, 0o755)
+    venv = handout / "venv"
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    py = str(venv / "bin" / "python")
+    torch = subprocess.run([py, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "torch"],
+                           capture_output=True, text=True)
+    if torch.returncode:
+        pytest.fail("no torch wheel on pip's find-links (the Makefile's way to get torch "
+                    f"without downloading it):\n{torch.stderr[-2000:]}")
+    pip = subprocess.run([py, "-m", "pip", "install", "-q", "-r", "requirements.txt"],
+                         cwd=handout, capture_output=True, text=True, timeout=1800)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    blocker = course.parent / "no-posix"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(BLOCK)
+    shutil.copy(LAB / "lab01.ipynb", handout / "lovelace_turing_lab_01.ipynb")  # the reference
+    return SimpleNamespace(course=course, handout=handout, bin=venv / "bin", blocker=blocker)
+
+
+def as_student(student, *args, cwd, hide_tools=False, **extra) -> tuple[int, str]:
+    """``python ARGS`` in ``cwd`` as after ``source venv/bin/activate``; ``hide_tools``: no
+    bwrap, unshare or prlimit on PATH, and no resource, fcntl or pwd in the check's Python."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env.update(VIRTUAL_ENV=str(student.bin.parent), COLUMNS="250", **extra)
+    env["PATH"] = os.pathsep.join([str(student.bin), env["PATH"]])
+    if hide_tools:
+        env["PATH"] = str(student.bin)
+        env["PYTHONPATH"] = str(student.blocker)
+        assert not any(shutil.which(t, path=env["PATH"]) for t in TOOLS)
+        probe = subprocess.run(["python", "-c", "import resource"], env=env, capture_output=True)
+        assert probe.returncode != 0
+    r = subprocess.run(["python", *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                       text=True, timeout=3600)
+    return r.returncode, r.stdout + r.stderr
+
+
+def rows(out: str) -> dict[str, tuple[str, str]]:
+    """The check's table: what -> (ok | FIX | note, detail)."""
+    return {what: (mark, detail) for mark, what, detail in ROW.findall(out)}
+
+
+@pytest.mark.slow
+def test_handout_venv_lacks_the_project(student, tmp_path):
+    """The student's venv has what requirements.txt names, not the project: the check
+    below runs from the hand-out's folders."""
+    code, out = as_student(student, "-c", "import torch, nbclient, grader", cwd=tmp_path)
+    assert code != 0 and "No module named 'grader'" in out
+
+
+@pytest.mark.slow
+def test_handout_check_passes_the_reference_from_another_folder(student, physionet):
+    """From the parent folder, the notebook in a folder of its own: `python "lab 01/grader"`
+    finds the hand-out as its lab; the kernel finds `reference` as in Jupyter."""
+    mine = student.course / "my work"
+    mine.mkdir()
+    shutil.copy(student.handout / "lovelace_turing_lab_01.ipynb", mine)
+    code, out = as_student(student, student.handout / "grader", "check",
+                           mine / "lovelace_turing_lab_01.ipynb", cwd=student.course,
+                           GRADER_DATA=str(physionet))
+    assert code == 0, out
+    table = rows(out)
+    assert table["run"][0] == "ok" and table["errors by cell"] == ("ok", "none"), out
+    assert not [w for w, (mark, _) in table.items() if mark == "FIX"], out
+    assert "ready to submit" in out
+
+
+@pytest.mark.slow
+def test_handout_check_without_sandbox_tools_reports_the_blank_handout(student, physionet):
+    """The README's command in the hand-out's folder, with no bwrap, unshare or prlimit and
+    no POSIX-only module: the blank hand-out runs, every question is a FIX row."""
+    from grader.assignment import load_assignment
+
+    shutil.copy(student.handout / "lab01.ipynb", student.handout / "doe_lab_01.ipynb")
+    code, out = as_student(student, "-m", "grader", "check", "doe_lab_01.ipynb",
+                           cwd=student.handout, hide_tools=True, GRADER_DATA=str(physionet))
+    assert code == 1, out
+    table = rows(out)
+    assert table["sandbox"][0] == "note" and "none, not bubblewrap, no resource limits" in \
+        table["sandbox"][1]
+    assert table["run"][0] == "ok", out    # it ran: errors in cells, not a dead kernel
+    assert "NotImplementedError" in table["errors by cell"][1]
+    fix = {w for w, (mark, _) in table.items() if mark == "FIX"}
+    questions = {f"{q.id} ({q.kind if q.kind != 'metric' else 'model ' + q.model})"
+                 for q in load_assignment(student.handout).questions}
+    assert fix == questions | {"group cell"}, out
+    assert table["file name"][0] == table["given cells unchanged"][0] == "ok"
+    assert "still None: no answer yet" in table["vanishing (multi)"][1]
+
+
+@pytest.mark.slow
+def test_handout_check_without_sandbox_tools_passes_the_reference(student, physionet):
+    """The same without the tools, from the parent folder with --lab."""
+    code, out = as_student(student, student.handout / "grader", "check",
+                           student.handout / "lovelace_turing_lab_01.ipynb",
+                           "--lab", student.handout, cwd=student.course.parent,
+                           hide_tools=True, GRADER_DATA=str(physionet))
+    assert code == 0, out
+    assert rows(out)["sandbox"][0] == "note" and "ready to submit" in out
+
+
+@pytest.mark.slow
+def test_handout_last_cell_checks_from_jupyter(student):
+    """The hand-out's last cell, in a kernel started in the notebook's folder as JupyterLab
+    starts it: it checks the notebook JupyterLab names in JPY_SESSION_NAME, not the first
+    `*_lab_01.ipynb` of the folder."""
+    shutil.copy(student.handout / "lab01.ipynb", student.handout / "aaa_lab_01.ipynb")
+    script = ("import sys, nbformat\nfrom nbclient import NotebookClient\n"
+              "nb = nbformat.read(sys.argv[1], as_version=4)\nnb.cells = nb.cells[-1:]\n"
+              "NotebookClient(nb, resources={'metadata': {'path': sys.argv[2]}}).execute()\n"
+              "print(''.join(o.get('text', '') for o in nb.cells[0].outputs))\n")
+    nb = student.handout / "lovelace_turing_lab_01.ipynb"
+    code, out = as_student(student, "-c", script, nb, student.handout, cwd=student.course,
+                           JPY_SESSION_NAME=str(nb))
+    assert code == 0, out
+    assert "grader check lovelace_turing_lab_01.ipynb" in out and "ready to submit" in out, out
+
+
+@pytest.mark.slow
+def test_kernel_that_cannot_start_shows_its_error(student, tmp_path):
+    """A hand-out copied without grader/kernel_launcher.py (an older hand-out's grader, say):
+    the kernel's own ImportError and one sentence on the fix, not a FIX row per question."""
+    broken = tmp_path / "old copy"
+    shutil.copytree(student.handout, broken, ignore=shutil.ignore_patterns("venv"))
+    (broken / "grader" / "kernel_launcher.py").unlink()
+    code, out = as_student(student, broken / "grader", "check",
+                           broken / "lovelace_turing_lab_01.ipynb", cwd=tmp_path)
+    assert code == 1, out
+    table = rows(out)
+    assert table["kernel"][0] == "FIX", out
+    assert "No module named grader.kernel_launcher" in out
+    assert "keep the hand-out's `grader/` and `reference/` folders as they came" in out
+    assert [w for w, (mark, _) in table.items() if mark == "FIX"] == ["run", "kernel"], out
+    assert "could not be run" in out and "no variable" not in out
