@@ -161,13 +161,21 @@ class Lab:
         self.measurements = [(n, "gait_binary", 0) for n in names]
 
 
-def test_measurement_runs_in_the_sandbox_within_its_limits(tmp_path, physionet):
+@pytest.fixture
+def models_in_a_work_dir(tmp_path):
+    """A group's work dir holding three exported models, the bwrap sandbox granted it,
+    and an empty folder for the measurement's scratch dirs."""
     work, root = tmp_path / "work", tmp_path / "root"
     root.mkdir()
     _models(work)
     os.chmod(tmp_path, 0o755)
     iso = resolve("bwrap")
     iso.grant(work)
+    return work, iso, root
+
+
+def test_measurement_runs_in_the_sandbox_within_its_limits(models_in_a_work_dir, physionet):
+    work, iso, root = models_in_a_work_dir
     t0 = time.monotonic()
     m = measure_models(work, Lab("small", "big", "huge"), physionet, isolation=iso,
                        limits=Limits(memory=500 * MiB, notebook_timeout=120), work_root=root)
@@ -180,13 +188,8 @@ def test_measurement_runs_in_the_sandbox_within_its_limits(tmp_path, physionet):
     assert list(root.iterdir()) == []    # its scratch folder is gone
 
 
-def test_measurement_over_its_time_limit_ends_with_a_message(tmp_path, physionet):
-    work, root = tmp_path / "work", tmp_path / "root"
-    root.mkdir()
-    _models(work)
-    os.chmod(tmp_path, 0o755)
-    iso = resolve("bwrap")
-    iso.grant(work)
+def test_measurement_over_its_time_limit_ends_with_a_message(models_in_a_work_dir, physionet):
+    work, iso, root = models_in_a_work_dir
     m = measure_models(work, Lab("small"), physionet, isolation=iso,
                        limits=Limits(memory=2048 * MiB, notebook_timeout=1), work_root=root)
     assert "did not finish within 1 s" in m["small|gait_binary|0"]["error"]
