@@ -172,6 +172,20 @@ def kernel_env_paths(notebook: Path) -> dict[str, str]:
             "GRADER_KERNEL_PATH": os.pathsep.join(map(str, paths))}
 
 
+def holds_secrets(folder: Path) -> bool:
+    """Whether ``folder`` holds a lab's key: a ``key.json`` of its own, or it is (or lies
+    in) an instructor's checkout, whose ``assignments/<lab>/key.json`` it would show. Such
+    a folder is never shown to the check's kernel; a hand-out folder, which holds none, is.
+
+    >>> holds_secrets(Path(__file__).resolve().parents[1])   # this project's checkout
+    True
+    """
+    if (folder / "key.json").exists():
+        return True
+    return any(next((f / "assignments").glob("*/key.json"), None) is not None
+               for f in (folder, *folder.parents))
+
+
 def check_isolation(choice: str) -> Isolation:
     """The sandbox of the check's run. ``auto``: the best one that works here, else none,
     with a note (a student's own notebook on the student's own machine: it runs unisolated
@@ -267,7 +281,7 @@ def run_rows(path: Path, assignment: Assignment, data_dir, sandbox: str) -> list
     # the folders it imports from, read-only; never a folder that holds a key.
     shown = [p for p in [*python_roots(), *package_roots(),
                          *paths["GRADER_KERNEL_PATH"].split(os.pathsep)]
-             if not (Path(p) / "key.json").exists()]
+             if not holds_secrets(Path(p))]
     work = Path(tempfile.mkdtemp(prefix="grader-check-"))
     os.chmod(work, 0o755)
     try:

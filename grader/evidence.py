@@ -579,6 +579,18 @@ def decode_value(v: Any) -> Any:
 # Grader side: collect
 # --------------------------------------------------------------------------
 
+def read_no_link(path: Path, max_bytes: int) -> str:
+    """The text of the regular file ``path``, opened without following a link (one swapped
+    in after :func:`regular_file_problem` looked, by a process the sandbox left behind)
+    and read up to ``max_bytes``; OSError otherwise."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+            raise OSError(f"{path.name}: not a regular file of at most {max_bytes} bytes")
+        return fh.read(max_bytes + 1)[:max_bytes].decode("utf-8")
+
+
 def regular_file_problem(path: Path, root: Path, max_bytes: int) -> str | None:
     """Why ``path`` must not be read (a link, outside ``root``, too big...), or None."""
     try:
@@ -708,7 +720,7 @@ def collect(result: "ExecutionResult", workdir: str | os.PathLike,
     why = regular_file_problem(root / EVIDENCE_FILE, root, MAX_EVIDENCE_BYTES)
     if why is None:
         try:
-            raw = json.loads((root / EVIDENCE_FILE).read_text(encoding="utf-8"))
+            raw = json.loads(read_no_link(root / EVIDENCE_FILE, MAX_EVIDENCE_BYTES))
             if not isinstance(raw, dict):
                 raw, why = {}, "not a JSON object"
         except (OSError, ValueError, RecursionError) as exc:

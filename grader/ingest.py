@@ -488,8 +488,16 @@ def extract_zip(zip_path: str | Path, dest: str | Path
             if why:
                 refused[rel] = f"{rel}: {why}"
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
             written, over = 0, False
+            try:
+                # A file and a folder of one name (x.ipynb beside x.ipynb/y.ipynb) is a
+                # path that cannot be made: that member is refused, never the whole zip.
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if target.is_dir():
+                    raise IsADirectoryError(f"{rel} is also a folder in the zip")
+            except OSError as exc:
+                refused[rel] = f"{rel}: refused: cannot be written ({exc.strerror or exc})"
+                continue
             try:
                 with zf.open(info) as src, open(target, "wb") as out:
                     while True:

@@ -97,25 +97,25 @@ def measure_models(workdir: str | os.PathLike, assignment, data_dir: str | os.Pa
         env["GRADER_DATA"] = str(Path(data_dir).resolve())
     elif os.environ.get("GRADER_DATA"):
         env["GRADER_DATA"] = os.environ["GRADER_DATA"]
-    if os.environ.get("GRADER_CACHE"):
-        env["GRADER_CACHE"] = os.environ["GRADER_CACHE"]
+    # The parsed data the grader warmed, named outright: in the sandbox the measurement's
+    # own HOME is a scratch folder, where a default cache would be empty.
+    from reference.paths import cache_dir
+
+    cache = cache_dir()
+    env["GRADER_CACHE"] = str(cache)
     argv = [sys.executable, "-m", "grader.measure", json.dumps(request)]
-    scratch = None
+    # Its own empty working folder, sandbox or not: nothing a file names relative to the
+    # current folder (an ONNX file's external data, say) finds anything there.
+    scratch = Path(tempfile.mkdtemp(prefix="measure-", dir=work_root))
     try:
+        os.chmod(scratch, 0o755)
+        env.update(HOME=str(scratch), TMPDIR=str(scratch), MPLCONFIGDIR=str(scratch))
         if isolation is not None:
-            scratch = Path(tempfile.mkdtemp(prefix="measure-", dir=work_root))
-            os.chmod(scratch, 0o755)
             isolation.grant(scratch)
-            env.update(HOME=str(scratch), TMPDIR=str(scratch), MPLCONFIGDIR=str(scratch))
-            readonly = [Path(workdir).resolve()]
-            if env.get("GRADER_CACHE"):
-                readonly.append(Path(env["GRADER_CACHE"]))
+            readonly = [Path(workdir).resolve()] + ([cache] if cache.is_dir() else [])
             argv = isolation.command(argv, workdir=scratch, runtime_dir=scratch, limits=limits,
                                      data_dir=env.get("GRADER_DATA"), readonly=readonly)
-            cwd = str(scratch)
-        else:
-            env["HOME"] = os.environ.get("HOME", tempfile.gettempdir())
-            cwd = str(_ROOT)
+        cwd = str(scratch)
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds, env=env,
                                   cwd=cwd)
@@ -126,8 +126,7 @@ def measure_models(workdir: str | os.PathLike, assignment, data_dir: str | os.Pa
         except OSError as exc:
             return {k: {"error": f"the grader's measurement could not start: {exc}"} for k in keys}
     finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     try:
         out = json.loads(proc.stdout.strip().splitlines()[-1])
         if not isinstance(out, dict):
@@ -262,6 +261,28 @@ def _onnx_ops(graph) -> list[str]:
     return ops
 
 
+def _onnx_tensors(graph) -> list:
+    """Every dense tensor of an ONNX graph and of the graphs inside it: initializers,
+    sparse initializers' values and indices, and tensor attributes of every node."""
+    out = list(graph.initializer)
+    for sp in graph.sparse_initializer:
+        out += [sp.values, sp.indices]
+    for node in graph.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                out.append(a.t)
+            out += list(a.tensors)
+            if a.HasField("sparse_tensor"):
+                out += [a.sparse_tensor.values, a.sparse_tensor.indices]
+            for sp in a.sparse_tensors:
+                out += [sp.values, sp.indices]
+            if a.HasField("g"):
+                out += _onnx_tensors(a.g)
+            for g in a.graphs:
+                out += _onnx_tensors(g)
+    return out
+
+
 def load_onnx(path: Path, var: str, data, threads: int = 1):
     """The exported graph of ``var`` as a callable torch module run by onnxruntime, and
     its operators; MeasureError when it is not a plain, self-contained ONNX model for
@@ -276,9 +297,9 @@ def load_onnx(path: Path, var: str, data, threads: int = 1):
     except Exception as exc:
         raise MeasureError(f"the model file {path.name} is not a valid ONNX model "
                            f"({type(exc).__name__})") from None
-    # Weights stored in other files would make onnxruntime read paths a group chose.
-    tensors = list(proto.graph.initializer) + [a.t for n in proto.graph.node
-                                                for a in n.attribute if a.HasField("t")]
+    # Weights stored in other files would make onnxruntime read paths a group chose:
+    # looked for in every graph (If/Loop/Scan bodies too) and every kind of tensor.
+    tensors = _onnx_tensors(proto.graph)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors):
         raise MeasureError(f"the model file {path.name} refers to external data")
     # Bounded from the export itself, before onnxruntime allocates anything for it.

@@ -300,9 +300,14 @@ def python_roots(argv0: str | None = None) -> list[str]:
     roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
     for exe in filter(None, [sys.executable, argv0]):
         if os.sep in exe:
-            roots.add(os.path.dirname(os.path.dirname(os.path.abspath(exe))))
-            roots.add(os.path.dirname(os.path.dirname(os.path.realpath(exe))))
-    return sorted(_abs(r) for r in roots if r)
+            for path in (os.path.abspath(exe), os.path.realpath(exe)):
+                prefix = os.path.dirname(os.path.dirname(path))
+                # <prefix>/bin/python of an installation or venv; else the file alone
+                # (a Python in ~/bin must not bring the whole home along)
+                looks = os.path.isfile(os.path.join(prefix, "pyvenv.cfg")) or \
+                    any(Path(prefix, "lib").glob("python3*"))
+                roots.add(prefix if looks and prefix != "/" else path)
+    return sorted(_abs(r) for r in roots if r and _abs(r) != "/")
 
 
 def package_roots() -> list[str]:
@@ -421,12 +426,19 @@ def sandbox_command(
     allowed = visible_paths(argv[0] if argv else None, runtime_dir=runtime_dir, workdir=workdir,
                             data_dir=data_dir, readonly=readonly)
     for h in sorted({_abs(h) for h in hidden}):
-        if h == "/" or not os.path.exists(h) or not any(_within(h, a) for a, _ in allowed):
+        # Only a hidden path that shows through an allowed folder needs masking.
+        if h == "/" or not os.path.exists(h) or \
+                not any(_within(h, a) and a != h for a, _ in allowed):
             continue
-        if any(_within(a, h) for a, _ in allowed if a != h):
-            continue  # masking it would hide an allowed path (the work dir in the work root)
         if os.path.isdir(h):
             cmd.extend(["--perms", "0755", "--tmpfs", h])
+            # the allowed paths inside it (a work dir in the output folder) on top again
+            for a, how in allowed:
+                if _within(a, h) and a != h:
+                    for parent in reversed(Path(a).parents):
+                        if _within(str(parent), h) and str(parent) != h:
+                            cmd.extend(["--perms", "0755", "--dir", str(parent)])
+                    cmd.extend(["--ro-bind" if how == "ro" else "--bind", a, a])
         else:
             cmd.extend(["--ro-bind", "/dev/null", h])
     cmd += ["--unsetenv", "JPY_PARENT_PID", "--chdir", workdir, "--"]
@@ -497,7 +509,9 @@ def visible_paths(argv0: str | None, *, runtime_dir: str | Path, workdir: str | 
     """
     seen: dict[str, str] = {}
     for root in python_roots(argv0) + package_roots() + [_abs(p) for p in readonly]:
-        if os.path.exists(root) and not any(_within(root, s) for s in SYSTEM_DIRS):
+        # "/" (a Python in /bin: its prefix) would be the whole host again; the system
+        # folders already hold such a Python.
+        if root != "/" and os.path.exists(root) and not any(_within(root, s) for s in SYSTEM_DIRS):
             seen.setdefault(root, "ro")
     if data_dir is not None:
         seen[_abs(data_dir)] = "ro"

@@ -167,6 +167,31 @@ def test_running_check_reports_form_of_each_answer(tmp_path, physionet):
     assert "answered, right form" in out                 # shape
 
 
+def test_check_from_the_instructors_checkout_shows_no_key(tmp_path, physionet):
+    """A TA checks a student's notebook from the project's checkout: the check's kernel
+    may import the course packages, but never sees the labs' keys beside them."""
+    repo = Path(__file__).resolve().parents[1]
+    key = repo / "assignments" / "lab01" / "key.json"
+    assert key.exists()
+    (tmp_path / "assignment.toml").write_text(TOML)
+    group = new_code_cell('GROUP = ["Ada Lovelace"]')
+    group.metadata["grader"] = {"group": True}
+    nb = new_notebook(cells=[group, new_code_cell(f"""
+import reference.models
+n, pick, shape = 3, "A", (2, 3)
+try:
+    open({str(key)!r}).read()
+    raise RuntimeError("KEY-WAS-READABLE")
+except FileNotFoundError:
+    pass
+""")])
+    path = tmp_path / "lovelace_lab_03.ipynb"
+    nbformat.write(nb, path)
+    code, out = run_check(path, "--data-dir", physionet, "--sandbox", "bwrap")
+    assert "KEY-WAS-READABLE" not in out and "ModuleNotFoundError" not in out, out
+    assert code == 0, out
+
+
 @pytest.mark.parametrize("kind, value, ok", [
     ("integer", 4130, True), ("integer", True, True), ("integer", 15.0, True),
     ("consistency", 45.4, False), ("consistency", 0.454, True),

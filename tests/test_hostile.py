@@ -193,6 +193,25 @@ def test_zip_bomb_members_are_refused_and_the_rest_is_graded(tmp_path, monkeypat
     assert used <= 3 * 2**20
 
 
+@pytest.mark.parametrize("folder_first", [False, True])
+def test_a_file_and_a_folder_of_one_name_cost_only_that_member(tmp_path, folder_first):
+    # Moodle's file area can hold x.ipynb and x.ipynb/y.ipynb side by side
+    good = nbformat.writes(notebook("answer = 42", group=["Ada Lovelace"])).encode()
+    odd = nbformat.writes(notebook("answer = 1", group=["Eve Odd"])).encode()
+    members = [("Eve Odd_2_assignsubmission_file/x_lab_07.ipynb", odd),
+               ("Eve Odd_2_assignsubmission_file/x_lab_07.ipynb/y_lab_07.ipynb", odd)]
+    zpath = tmp_path / "download.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        z.writestr("Ada Lovelace_1_assignsubmission_file/lovelace_lab_07.ipynb", good)
+        for name, data in (members[::-1] if folder_first else members):
+            z.writestr(name, data)
+    batch = ingest(zpath, 7, extract_to=tmp_path / "out" / "submissions")
+    by = {s.name: s for s in batch}
+    assert by["Ada Lovelace_1_assignsubmission_file/lovelace_lab_07.ipynb"].problem is None
+    problems = [s.problem for s in batch if s.problem]
+    assert len(problems) == 1 and "cannot be written" in problems[0]
+
+
 # ---------------------------------------------------------------- 4. formulas in CSV
 
 def test_no_csv_cell_is_a_formula_and_moodle_still_reads_the_grades(tmp_path, tiny_lab):

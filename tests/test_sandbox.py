@@ -31,6 +31,7 @@ from grader.sandbox import (
     sandbox_mode,
     symlink_chain,
     visible_gpus,
+    visible_paths,
 )
 
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None,
@@ -128,6 +129,44 @@ def test_symlink_chain_recreates_links_on_the_way(tmp_path):
     assert symlink_chain(tmp_path / "link" / "venv") == [(str(tmp_path / "real dir"),
                                                           str(tmp_path / "link"))]
     assert symlink_chain(real) == []
+
+
+def test_the_root_is_never_bound_whatever_runs_python():
+    # A Python started as /bin/python3 has "/" as its prefix: that must not bring the host
+    assert "/" not in python_roots("/bin/python3")
+    for argv0 in ("/bin/python3", "/usr/bin/python3", sys.executable):
+        assert all(p != "/" for p, _ in visible_paths(argv0, runtime_dir="/tmp/r",
+                                                      workdir="/tmp/w"))
+
+
+@needs_bwrap
+def test_a_hidden_folder_inside_an_allowed_one_is_masked_with_its_work_dir_kept(tmp_path):
+    # Say the data cache lay around the output folder: the output's grader.db must stay
+    # hidden while the work dir inside that output stays the kernel's.
+    out = tmp_path / "out"
+    work = out / ".work" / "sub-1"
+    work.mkdir(parents=True)
+    (out / "grader.db").write_text("every group's answers")
+    os.chmod(tmp_path, 0o755)
+    for d in (out, out / ".work"):
+        os.chmod(d, 0o755)
+    iso = resolve("bwrap")
+    iso.grant(work)
+    code = f"""
+import os
+try:
+    open({str(out / 'grader.db')!r}).read(); print("readable")
+except OSError as e:
+    print(type(e).__name__)
+open("mine.txt", "w").write("ok"); print("wrote")
+"""
+    cmd = iso.command([sys.executable, "-c", code], workdir=work, runtime_dir=work,
+                      limits=Limits(), readonly=[tmp_path], hidden=[out])
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=work,
+                       env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["FileNotFoundError", "wrote"]
+    assert (work / "mine.txt").read_text() == "ok"
 
 
 FAKE_GPU_NODES = ["/dev/nvidia-caps", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia0",

@@ -337,3 +337,76 @@ def test_an_onnx_export_is_bounded_before_onnxruntime_allocates(tmp_path, monkey
     monkeypatch.setattr(measure, "MAX_PARAMS", 100)
     with pytest.raises(measure.MeasureError, match="holds 482 weights, more than the 100"):
         measure.load_onnx(path, "m", Data())
+
+
+def test_the_measurement_reads_the_cache_the_grader_warmed(models_in_a_work_dir, physionet,
+                                                            monkeypatch, tmp_path):
+    # The grader's own environment need not name the cache (only its kernels' does): the
+    # measurement must still be pointed at it, and see it through its sandbox.
+    import grader.measure as measure
+    from reference.paths import cache_dir
+
+    monkeypatch.delenv("GRADER_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cache = cache_dir()
+    cache.mkdir(parents=True)
+    seen = {}
+
+    def run(argv, **kw):
+        seen.update(argv=argv, env=kw["env"], cwd=kw["cwd"])
+        raise subprocess.TimeoutExpired(argv, 1)
+
+    monkeypatch.setattr(measure.subprocess, "run", run)
+    work, iso, root = models_in_a_work_dir
+    measure_models(work, Lab("small"), physionet, isolation=iso, work_root=root)
+    assert seen["env"]["GRADER_CACHE"] == str(cache)
+    assert f"--ro-bind {cache} {cache}" in " ".join(seen["argv"])
+    # and its working folder is an empty one of its own, never the checkout
+    assert Path(seen["cwd"]).parent == root
+
+
+def test_onnx_external_data_is_refused_in_every_graph(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    import grader.measure as measure
+
+    (tmp_path / "secret.bin").write_bytes(b"KEY" * 4)
+    hidden = onnx.TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[3])
+    hidden.data_location = TensorProto.EXTERNAL
+    entry = hidden.external_data.add()
+    entry.key, entry.value = "location", "secret.bin"
+    branch = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "then", [],
+                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
+                               initializer=[hidden])
+    other = helper.make_graph([helper.make_node("Constant", [], ["y"], value=helper.make_tensor(
+        "z", TensorProto.FLOAT, [3], [0, 0, 0]))], "else", [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])])
+    graph = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=other)], "g",
+        [helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+
+    class Data:
+        task, n_classes = "af", 2
+
+    with pytest.raises(measure.MeasureError, match="refers to external data"):
+        measure.load_onnx(path, "m", Data())
+
+
+def test_evidence_is_read_without_following_a_link_swapped_in(tmp_path):
+    from grader.evidence import read_no_link
+
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"key": 42}')
+    (tmp_path / "ev.json").write_text('{"answers": {}}')
+    assert read_no_link(tmp_path / "ev.json", 100) == '{"answers": {}}'
+    (tmp_path / "ev.json").unlink()
+    (tmp_path / "ev.json").symlink_to(secret)   # swapped in after the check looked
+    with pytest.raises(OSError):
+        read_no_link(tmp_path / "ev.json", 100)
+    with pytest.raises(OSError):
+        read_no_link(secret, 5)                  # and bounded in size
