@@ -39,7 +39,6 @@ from .sandbox import (Limits, format_size, gpu_for_worker, limit_disk, nvidia_de
                       release_disks_below, resolve, sandbox_mode, visible_gpus)
 from .score import score
 from .manual import match_manual
-from .render import feedback_files
 from .store import Store, read_manual_csv
 from .untrusted import clean_text, csv_row, markup
 
@@ -283,6 +282,8 @@ def rescore(out: str | Path, lab: str | Path | None = None, manual_csv: str | Pa
             store.set_manual(read_manual_csv(manual_csv))
             store.set_meta("manual_csv", str(Path(manual_csv).resolve()))
         subs = store.submissions()
+        from .render import feedback_files   # here: the hand-out's check imports this module
+
         reports = {s["id"]: name for name, rs in feedback_files([{"submission": s} for s in subs])
                    for s in (r["submission"] for r in rs)}
         manual, unmatched = match_manual(store.manual(), subs,
@@ -308,7 +309,7 @@ def rescore(out: str | Path, lab: str | Path | None = None, manual_csv: str | Pa
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-        from .render import render_all
+        from .render import feedback_files, render_all
 
         with Progress(TextColumn("feedback PDFs"), BarColumn(), MofNCompleteColumn(),
                       console=Console(stderr=True), transient=True) as bar:
