@@ -115,10 +115,11 @@ def run_one(nb_path: Path, *, assignment: Assignment, limits: Limits, isolation,
         result = execute_notebook(_sendable(nb_path), kernel=kernel,
                                   snapshot=epilogue_code(assignment))
         evidence = collect(result, work, assignment)
-        if kernel.limits.disk and "No space left" in str(evidence.get("evidence_error")):
+        if kernel.limits.disk and "No space left" in " ".join(
+                str(evidence.get(k)) for k in ("evidence_error", "epilogue_error")):
             evidence["message"] = (
                 f"its work dir was full (at most {format_size(kernel.limits.disk)} in all, "
-                "[limits] disk), so its answers could not be collected"
+                "[limits] disk), so its latest answers could not be collected"
                 + (f"; {evidence['message']}" if evidence.get("message") else ""))
         if assignment.measurements:  # a run that stopped early keeps the models it had made
             evidence["measurements"] = measure_models(

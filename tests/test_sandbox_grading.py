@@ -104,6 +104,12 @@ try:
     print("not stopped", written // 2**20)
 except OSError as e:
     print("stopped", errno.errorcode[e.errno], written // 2**20)
+try:   # and every last byte
+    with open("f-rest", "wb", buffering=0) as fh:
+        while True:
+            fh.write(b"x" * 4096)
+except OSError:
+    pass
 if CLEAN_UP:
     for name in os.listdir("."):
         if name.startswith("f"):
